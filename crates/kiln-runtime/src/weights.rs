@@ -1,0 +1,233 @@
+//! Weight files: reading safetensors with their embedded spec, finding sidecar specs, and
+//! converting PyTorch checkpoints.
+
+use kiln_preprocess::{SpecError, TrainingSpec, SPEC_METADATA_KEY};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use crate::pth::{read_pth, PthFormat, RawTensor};
+use crate::RuntimeError;
+
+/// A safetensors file read into memory, with what its header says.
+pub struct WeightFile {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The whole file.
+    pub bytes: Vec<u8>,
+    /// The header's `__metadata__`.
+    pub metadata: HashMap<String, String>,
+    /// Tensor names with shapes and dtypes.
+    pub tensors: Vec<(String, Vec<usize>, safetensors::Dtype)>,
+}
+
+impl WeightFile {
+    /// Reads and indexes a safetensors file.
+    pub fn read(path: &Path) -> Result<Self, RuntimeError> {
+        let bytes = std::fs::read(path).map_err(|e| RuntimeError::Weights {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| RuntimeError::Weights {
+            path: path.display().to_string(),
+            reason: format!("not a safetensors file: {e}"),
+        })?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| RuntimeError::Weights {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut tensors: Vec<_> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, v.shape().to_vec(), v.dtype()))
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            path: path.to_path_buf(),
+            bytes,
+            metadata,
+            tensors,
+        })
+    }
+
+    /// The spec embedded under `kiln.spec`, if any, validated.
+    pub fn embedded_spec(&self) -> Result<Option<TrainingSpec>, RuntimeError> {
+        match self.metadata.get(SPEC_METADATA_KEY) {
+            None => Ok(None),
+            Some(text) => TrainingSpec::from_json(text)
+                .map(Some)
+                .map_err(|e| RuntimeError::Spec(e.in_file(&self.path))),
+        }
+    }
+
+    /// Shape of a tensor by name.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.iter().find(|t| t.0 == name).map(|t| t.1.as_slice())
+    }
+
+    /// Total number of elements over all tensors.
+    pub fn parameter_count(&self) -> usize {
+        self.tensors.iter().map(|t| t.1.iter().product::<usize>()).sum()
+    }
+}
+
+/// `weights/foo.safetensors` → `weights/foo.spec.json`.
+pub fn sidecar_spec_path(weights: &Path) -> PathBuf {
+    let stem = weights.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    weights.with_file_name(format!("{stem}.spec.json"))
+}
+
+/// Where a resolved spec came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecOrigin {
+    /// The safetensors header.
+    Embedded(PathBuf),
+    /// `NAME.spec.json` beside the weights.
+    Sidecar(PathBuf),
+    /// A file given explicitly.
+    Explicit(PathBuf),
+    /// Built by the caller (a preset or a hub config).
+    Given(String),
+}
+
+impl std::fmt::Display for SpecOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpecOrigin::Embedded(p) => write!(f, "embedded in {}", p.display()),
+            SpecOrigin::Sidecar(p) => write!(f, "{}", p.display()),
+            SpecOrigin::Explicit(p) => write!(f, "{} (given)", p.display()),
+            SpecOrigin::Given(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// Gathers every spec that applies to `weights` — embedded, sidecar, and an explicit file — and
+/// requires them to agree. Returns the spec and where it came from (the first found, in that
+/// order, is named), or `None` if there is none.
+pub fn resolve_spec(
+    weights: &WeightFile,
+    explicit: Option<&Path>,
+) -> Result<Option<(TrainingSpec, SpecOrigin, PathBuf)>, RuntimeError> {
+    let mut found: Vec<(TrainingSpec, SpecOrigin, PathBuf)> = vec![];
+    let dir = weights.path.parent().map(Path::to_path_buf).unwrap_or_default();
+    if let Some(s) = weights.embedded_spec()? {
+        found.push((s, SpecOrigin::Embedded(weights.path.clone()), dir.clone()));
+    }
+    let side = sidecar_spec_path(&weights.path);
+    if side.exists() {
+        let s = TrainingSpec::from_file(&side)?;
+        found.push((s, SpecOrigin::Sidecar(side.clone()), dir.clone()));
+    }
+    if let Some(p) = explicit {
+        let s = TrainingSpec::from_file(p)?;
+        let d = p.parent().map(Path::to_path_buf).unwrap_or_default();
+        found.push((s, SpecOrigin::Explicit(p.to_path_buf()), d));
+    }
+    let mut it = found.into_iter();
+    let Some(first) = it.next() else { return Ok(None) };
+    for other in it {
+        first.0.check_agrees(&other.0, &other.1.to_string()).map_err(|e| match e {
+            SpecError::Disagree { field, ours, other_name, theirs } => RuntimeError::Spec(SpecError::Disagree {
+                field,
+                ours: format!("{ours} ({})", first.1),
+                other_name,
+                theirs,
+            }),
+            e => RuntimeError::Spec(e),
+        })?;
+    }
+    Ok(Some(first))
+}
+
+/// What [`convert_pth`] did.
+#[derive(Debug, Clone)]
+pub struct ConvertReport {
+    /// Container format of the input.
+    pub format: PthFormat,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Keys dropped (`num_batches_tracked`).
+    pub dropped: Vec<String>,
+    /// Total parameters written.
+    pub parameters: usize,
+}
+
+/// Converts a PyTorch checkpoint (zip or legacy) to safetensors, dropping `num_batches_tracked`
+/// and embedding `spec` (validated) under `kiln.spec`.
+pub fn convert_pth(input: &Path, output: &Path, spec: Option<&TrainingSpec>) -> Result<ConvertReport, RuntimeError> {
+    let ckpt = read_pth(input)?;
+    let mut dropped = vec![];
+    let mut kept = vec![];
+    for (name, t) in ckpt.tensors {
+        if name.ends_with("num_batches_tracked") {
+            dropped.push(name);
+        } else {
+            kept.push((name, t));
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert(
+        "kiln.converted_from".to_string(),
+        input.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
+    );
+    if let Some(spec) = spec {
+        spec.validate()?;
+        meta.insert(SPEC_METADATA_KEY.to_string(), spec.to_json());
+    }
+    write_safetensors(output, &kept, &meta)?;
+    Ok(ConvertReport {
+        format: ckpt.format,
+        tensors: kept.len(),
+        dropped,
+        parameters: kept.iter().map(|(_, t)| t.shape.iter().product::<usize>()).sum(),
+    })
+}
+
+/// Writes a safetensors file with the header's keys in sorted order, so that converting the same
+/// checkpoint twice gives byte-identical files (and a stable sha256 for provenance).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, RawTensor)],
+    metadata: &HashMap<String, String>,
+) -> Result<(), RuntimeError> {
+    let fail = |reason: String| RuntimeError::Weights {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut sorted: Vec<&(String, RawTensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let m: BTreeMap<_, _> = metadata.iter().collect();
+        header.insert("__metadata__".into(), serde_json::to_value(m).expect("strings serialise"));
+    }
+    let mut offset = 0usize;
+    for (name, t) in &sorted {
+        let expected = t.shape.iter().product::<usize>() * t.dtype.bitsize() / 8;
+        if expected != t.data.len() {
+            return Err(fail(format!("{name}: {} bytes for shape {:?}", t.data.len(), t.shape)));
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({
+                "dtype": t.dtype.to_string(),
+                "shape": t.shape,
+                "data_offsets": [offset, offset + t.data.len()],
+            }),
+        );
+        offset += t.data.len();
+    }
+    // serde_json's map keeps keys sorted (no preserve_order feature), so the text is canonical.
+    let mut text = serde_json::to_string(&header).expect("header serialises").into_bytes();
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + offset);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    for (_, t) in &sorted {
+        out.extend_from_slice(&t.data);
+    }
+    std::fs::write(path, out).map_err(|e| fail(e.to_string()))
+}
