@@ -3,7 +3,10 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln_preprocess::{ChannelOrder, Interpolation, PixelScale, Preset, TrainingSpec};
-use kiln_runtime::{parse_device, Classifier, Prediction, RuntimeError, SpecOverrides, WeightFile};
+use kiln_preprocess::{DecodeOptions, Tta};
+use kiln_runtime::{parse_device, Classifier, Outcome, RunOptions, RuntimeError, SpecOverrides, WeightFile};
+use std::io::IsTerminal;
+use std::time::Instant;
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,8 @@ enum Command {
     Convert(ConvertArgs),
     /// Describe a weights file: architecture, parameters, dtype, embedded spec.
     Inspect(InspectArgs),
+    /// Time forward passes on synthetic input: latency percentiles and images/s.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -65,10 +70,10 @@ struct ModelArgs {
 #[derive(Args)]
 struct OverrideArgs {
     /// Override the spec's per-channel mean (three comma-separated values).
-    #[arg(long, value_delimiter = ',', num_args = 3)]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     mean: Option<Vec<f32>>,
     /// Override the spec's per-channel std.
-    #[arg(long, value_delimiter = ',', num_args = 3)]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     std: Option<Vec<f32>>,
     /// Override the resize (shorter side).
     #[arg(long)]
@@ -96,11 +101,40 @@ enum Format {
     Table,
     /// One JSON object per line.
     Jsonl,
+    /// Comma-separated values, one row per image and rank.
+    Csv,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum TtaArg {
+    /// The spec's centre view only.
+    None,
+    /// Centre view and its mirror.
+    Flip,
+    /// Four corners and the centre.
+    FiveCrop,
+    /// Five crops and their mirrors.
+    TenCrop,
+    /// Resize at x0.875, x1, x1.25 of the spec's size.
+    MultiScale,
+}
+
+impl From<TtaArg> for Tta {
+    fn from(t: TtaArg) -> Self {
+        match t {
+            TtaArg::None => Tta::None,
+            TtaArg::Flip => Tta::Flip,
+            TtaArg::FiveCrop => Tta::FiveCrop,
+            TtaArg::TenCrop => Tta::TenCrop,
+            TtaArg::MultiScale => Tta::MultiScale,
+        }
+    }
 }
 
 #[derive(Args)]
 struct ClassifyArgs {
-    /// Image files or directories (searched recursively for image files).
+    /// Image files, directories (searched recursively for image files, sorted), glob patterns
+    /// such as 'photos/*.jpg', or `-` to read one path per line from stdin.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     #[command(flatten)]
@@ -111,11 +145,26 @@ struct ClassifyArgs {
     #[arg(long, default_value_t = 5)]
     top_k: usize,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = kiln_runtime::DEFAULT_BATCH_SIZE, value_parser = positive)]
     batch_size: usize,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Test-time augmentation; probabilities of the views are averaged.
+    #[arg(long, value_enum, default_value_t = TtaArg::None)]
+    tta: TtaArg,
+    /// Mark a result "uncertain" when its top-1 probability is below P (0..1).
+    #[arg(long, value_name = "P")]
+    threshold: Option<f32>,
+    /// Refuse images whose width or height is below this many pixels.
+    #[arg(long, default_value_t = 1)]
+    min_size: u32,
+    /// Refuse images whose header claims more pixels than this (decompression-bomb guard).
+    #[arg(long, default_value_t = kiln_preprocess::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// No progress bar and no summary.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -159,6 +208,7 @@ pub fn run() -> ExitCode {
         Command::Classify(a) => classify(a),
         Command::Convert(a) => convert(a).map(|_| EXIT_OK),
         Command::Inspect(a) => inspect(a).map(|_| EXIT_OK),
+        Command::Bench(a) => crate::bench::run(a).map(|_| EXIT_OK).map_err(Failure::Usage),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -173,12 +223,13 @@ fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "warn",
         1 => "info,kiln=debug,kiln_runtime=debug",
-        _ => "debug",
+        _ => "info,kiln=trace,kiln_runtime=trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| level.into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
@@ -189,9 +240,9 @@ fn parse_enum<T>(what: &str, v: &Option<String>, f: impl Fn(&str) -> Option<T>) 
         .transpose()
 }
 
-fn build_classifier(m: &ModelArgs, o: &OverrideArgs) -> Result<Classifier, Failure> {
+fn build_classifier(m: &ModelArgs, o: &OverrideArgs, decode: DecodeOptions) -> Result<Classifier, Failure> {
     let device = parse_device(&m.device)?;
-    let mut b = Classifier::builder().device(device);
+    let mut b = Classifier::builder().device(device).decode_options(decode);
     if let Some(x) = &m.model {
         b = b.model(x);
     }
@@ -250,21 +301,42 @@ fn classifier_rows(weights: &Path, arch: &str) -> Result<usize> {
     Ok(shape[0])
 }
 
-/// Expands directories (recursively, image extensions only, sorted); files are kept as given,
-/// so that a bad file named on the command line is reported rather than skipped.
-fn expand_paths(inputs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out = vec![];
-    for p in inputs {
-        if p.is_dir() {
-            let mut found = vec![];
-            walk(p, &mut found);
-            found.sort();
-            out.extend(found);
-        } else {
-            out.push(p.clone());
-        }
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{s}` is not a positive whole number")),
     }
-    out
+}
+
+/// One input as the user gave it, expanded: paths to classify, or a pattern that matched nothing.
+enum Expanded {
+    Path(PathBuf),
+    NoMatch(String),
+}
+
+/// Expands directories (recursively, image extensions only, sorted) and glob patterns (sorted).
+/// Plain files are kept as given, so a bad file named on the command line is reported rather
+/// than skipped. `-` is handled by the caller (stdin).
+fn expand(input: &Path) -> Vec<Expanded> {
+    if input.is_dir() {
+        let mut found = vec![];
+        walk(input, &mut found);
+        found.sort();
+        return found.into_iter().map(Expanded::Path).collect();
+    }
+    let text = input.to_string_lossy();
+    if !input.exists() && text.contains(['*', '?', '[']) {
+        let mut found: Vec<PathBuf> = match glob::glob(&text) {
+            Ok(paths) => paths.filter_map(|p| p.ok()).filter(|p| !p.is_dir()).collect(),
+            Err(e) => return vec![Expanded::NoMatch(format!("{text}: bad pattern: {e}"))],
+        };
+        found.sort();
+        if found.is_empty() {
+            return vec![Expanded::NoMatch(format!("{text}: no file matches this pattern"))];
+        }
+        return found.into_iter().map(Expanded::Path).collect();
+    }
+    vec![Expanded::Path(input.to_path_buf())]
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -284,61 +356,197 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn classify(a: ClassifyArgs) -> Result<u8, Failure> {
-    let classifier = build_classifier(&a.model, &a.overrides)?;
-    let paths = expand_paths(&a.paths);
-    if paths.is_empty() {
-        return Err(anyhow::anyhow!("no image files found in the given paths").into());
+    if let Some(t) = a.threshold {
+        if !(0.0..=1.0).contains(&t) {
+            return Err(anyhow::anyhow!("--threshold {t} is not a probability between 0 and 1").into());
+        }
     }
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let decode = DecodeOptions {
+        min_side: a.min_size,
+        max_pixels: a.max_pixels,
+        ..Default::default()
+    };
+    let classifier = build_classifier(&a.model, &a.overrides, decode)?;
+    let opts = RunOptions {
+        top_k: a.top_k,
+        batch_size: a.batch_size,
+        tta: a.tta.into(),
+        threshold: a.threshold,
+    };
+
     let mut failed = 0usize;
-    for chunk in paths.chunks(a.batch_size.max(1) * 4) {
-        let results = classifier.classify_paths(chunk, a.top_k, a.batch_size);
-        for (path, r) in chunk.iter().zip(results) {
-            if r.is_err() {
-                failed += 1;
-            }
-            let written = match a.format {
-                Format::Table => write_table(&mut out, path, &r),
-                Format::Jsonl => write_jsonl(&mut out, path, &r),
-            };
-            if written.is_err() {
-                // stdout closed (e.g. piped into `head`): nothing more to say.
-                return Ok(if failed > 0 { EXIT_SOME_FAILED } else { EXIT_OK });
+    let mut paths = vec![];
+    let use_stdin = a.paths.iter().any(|p| p.as_os_str() == "-");
+    for p in a.paths.iter().filter(|p| p.as_os_str() != "-") {
+        for e in expand(p) {
+            match e {
+                Expanded::Path(p) => paths.push(p),
+                Expanded::NoMatch(msg) => {
+                    eprintln!("error: {msg}");
+                    failed += 1;
+                }
             }
         }
     }
-    let _ = out.flush();
-    if failed > 0 {
-        eprintln!("{failed} of {} images could not be classified", paths.len());
-        Ok(EXIT_SOME_FAILED)
-    } else {
-        Ok(EXIT_OK)
+    // Paths from stdin are streamed, not collected: the run starts before stdin ends.
+    let stdin_paths = use_stdin
+        .then(|| {
+            let stdin = std::io::stdin();
+            std::iter::from_fn(move || {
+                let mut line = String::new();
+                match stdin.read_line(&mut line) {
+                    Ok(0) | Err(_) => None,
+                    Ok(_) => Some(line),
+                }
+            })
+            .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .map(PathBuf::from)
+        })
+        .into_iter()
+        .flatten();
+    let known = (!use_stdin).then_some(paths.len() as u64);
+    if known == Some(0) {
+        if failed > 0 {
+            // Every input was a pattern that matched nothing; each was reported above.
+            return Ok(EXIT_SOME_FAILED);
+        }
+        return Err(anyhow::anyhow!("no image files found in the given paths").into());
     }
+
+    let progress = progress_bar(known, a.quiet);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if a.format == Format::Csv {
+        let _ = writeln!(out, "path,rank,index,label,prob,uncertain,error");
+    }
+    let started = Instant::now();
+    let (mut total, mut broken_pipe) = (0usize, false);
+    classifier.classify_stream(paths.into_iter().chain(stdin_paths), &opts, |o: Outcome| {
+        total += 1;
+        if o.result.is_err() {
+            failed += 1;
+        }
+        if let Some(pb) = &progress {
+            pb.inc(1);
+        }
+        if broken_pipe {
+            return;
+        }
+        let written = match a.format {
+            Format::Table => write_table(&mut out, &o, progress.as_ref()),
+            Format::Jsonl => write_jsonl(&mut out, &o),
+            Format::Csv => write_csv(&mut out, &o),
+        };
+        // stdout closed (e.g. piped into `head`): stop printing, keep counting.
+        broken_pipe = written.is_err();
+    });
+    let _ = out.flush();
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    if !a.quiet {
+        eprintln!(
+            "{} images, {} classified, {} failed, {:.2} s, {:.1} images/s",
+            total,
+            total - failed.min(total),
+            failed,
+            secs,
+            total as f64 / secs.max(1e-9)
+        );
+    }
+    if total == 0 && failed == 0 {
+        return Err(anyhow::anyhow!("no image paths were given on stdin").into());
+    }
+    Ok(if failed > 0 { EXIT_SOME_FAILED } else { EXIT_OK })
 }
 
-fn write_table(out: &mut impl Write, path: &Path, r: &Result<Prediction, RuntimeError>) -> std::io::Result<()> {
-    match r {
-        Ok(p) => {
-            writeln!(out, "{}", path.display())?;
+/// A progress bar on stderr, only for a terminal and more than one image.
+fn progress_bar(len: Option<u64>, quiet: bool) -> Option<indicatif::ProgressBar> {
+    if quiet || !std::io::stderr().is_terminal() || len.is_some_and(|n| n <= 1) {
+        return None;
+    }
+    let pb = match len {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}  {elapsed_precise}",
+    )
+    .expect("valid template");
+    pb.set_style(style);
+    Some(pb)
+}
+
+fn write_table(out: &mut impl Write, o: &Outcome, pb: Option<&indicatif::ProgressBar>) -> std::io::Result<()> {
+    match &o.result {
+        Ok(c) => {
+            let p = &c.prediction;
+            if p.uncertain {
+                writeln!(
+                    out,
+                    "{}: uncertain (best guess {} at {:.2}% is below the threshold)",
+                    o.path.display(),
+                    p.top[0].label,
+                    p.top[0].prob * 100.0
+                )?;
+            } else {
+                writeln!(out, "{}", o.path.display())?;
+            }
             for (rank, c) in p.top.iter().enumerate() {
                 writeln!(out, "  {:>2}. {:<40} {:>7.2}%  (class {})", rank + 1, c.label, c.prob * 100.0, c.index)?;
             }
             Ok(())
         }
         Err(e) => {
-            eprintln!("error: {}", error_text(path, e));
+            let msg = format!("error: {}", error_text(&o.path, e));
+            match pb {
+                Some(pb) => pb.suspend(|| eprintln!("{msg}")),
+                None => eprintln!("{msg}"),
+            }
             Ok(())
         }
     }
 }
 
-fn write_jsonl(out: &mut impl Write, path: &Path, r: &Result<Prediction, RuntimeError>) -> std::io::Result<()> {
-    let v = match r {
-        Ok(p) => json!({"path": path.display().to_string(), "top": p.top}),
-        Err(e) => json!({"path": path.display().to_string(), "error": error_text(path, e)}),
+fn write_jsonl(out: &mut impl Write, o: &Outcome) -> std::io::Result<()> {
+    let path = o.path.display().to_string();
+    let v = match &o.result {
+        Ok(c) => json!({"path": path, "top": c.prediction.top, "uncertain": c.prediction.uncertain}),
+        Err(e) => json!({"path": path, "error": error_text(&o.path, e)}),
     };
     writeln!(out, "{v}")
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn write_csv(out: &mut impl Write, o: &Outcome) -> std::io::Result<()> {
+    let path = csv_field(&o.path.display().to_string());
+    match &o.result {
+        Ok(c) => {
+            for (rank, s) in c.prediction.top.iter().enumerate() {
+                writeln!(
+                    out,
+                    "{path},{},{},{},{:.6},{},",
+                    rank + 1,
+                    s.index,
+                    csv_field(&s.label),
+                    s.prob,
+                    c.prediction.uncertain
+                )?;
+            }
+            Ok(())
+        }
+        Err(e) => writeln!(out, "{path},,,,,,{}", csv_field(&error_text(&o.path, e))),
+    }
 }
 
 /// Input errors already start with the file name; others get it prefixed.

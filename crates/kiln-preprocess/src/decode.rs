@@ -101,6 +101,15 @@ pub fn decode_bytes(bytes: &[u8], source: &str, opts: &DecodeOptions) -> Result<
         });
     }
 
+    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+        // The decoder would fill the missing rows with grey and report success; PIL refuses
+        // truncated files by default, and so do we.
+        return Err(InputError::Corrupt {
+            path: source.into(),
+            reason: "truncated JPEG data (no end-of-image marker after the last scan)".into(),
+        });
+    }
+
     let mut r = reader();
     let mut limits = image::Limits::default();
     // Room for the largest accepted image at 16 bits per channel with alpha, and no more.
@@ -127,12 +136,45 @@ pub fn decode_bytes(bytes: &[u8], source: &str, opts: &DecodeOptions) -> Result<
     })
 }
 
+/// Whether a JPEG stream has an end-of-image marker (FF D9) after its last start-of-scan (FF DA).
+/// Entropy-coded data escapes FF as FF 00, so these byte pairs only occur as markers; an
+/// embedded EXIF thumbnail comes before the main image's scans and does not count.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(i) => bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
 /// Converts any colour type to 8-bit RGB the way PIL's `convert("RGB")` does: grey is
 /// replicated, palette is expanded, and alpha is dropped (not composited), because that is what
 /// the torchvision training pipelines this runtime reproduces did to their data.
 pub fn to_rgb8(img: DynamicImage) -> RgbImage {
     match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
+        // Spelled out so that alpha is discarded whatever `image` does with it in conversions.
+        DynamicImage::ImageRgba8(rgba) => {
+            let (w, h) = rgba.dimensions();
+            let raw = rgba.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+            RgbImage::from_raw(w, h, raw).expect("sized")
+        }
+        DynamicImage::ImageLumaA8(la) => {
+            let (w, h) = la.dimensions();
+            let raw = la.into_raw().chunks_exact(2).flat_map(|p| [p[0]; 3]).collect();
+            RgbImage::from_raw(w, h, raw).expect("sized")
+        }
+        other if other.color().has_alpha() => {
+            let rgba16 = other.to_rgba16();
+            let (w, h) = rgba16.dimensions();
+            let to8 = |v: u16| ((v as u32 * 255 + 32767) / 65535) as u8;
+            let raw = rgba16
+                .into_raw()
+                .chunks_exact(4)
+                .flat_map(|p| [to8(p[0]), to8(p[1]), to8(p[2])])
+                .collect();
+            RgbImage::from_raw(w, h, raw).expect("sized")
+        }
         other => other.to_rgb8(),
     }
 }

@@ -19,7 +19,7 @@ pub use spec::{
     ChannelOrder, Interpolation, Layout, PixelScale, Preset, Resize, TrainingSpec,
     SPEC_METADATA_KEY,
 };
-pub use transform::{preprocess, ImageTensor};
+pub use transform::{preprocess, tta_views, ImageTensor, Tta};
 
 use std::path::Path;
 

@@ -189,3 +189,119 @@ mod tests {
         assert!((t.data[2] - (255.0 - 123.68)).abs() < 1e-4);
     }
 }
+
+/// Test-time augmentation: which views of an image are classified and averaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tta {
+    /// The spec's single centre view.
+    #[default]
+    None,
+    /// The centre view and its mirror image.
+    Flip,
+    /// Four corner crops and the centre crop of the resized image (torchvision `FiveCrop`).
+    FiveCrop,
+    /// The five crops and their mirror images (torchvision `TenCrop`).
+    TenCrop,
+    /// The centre view with the spec's resize at three scales: ×0.875 (the crop itself for
+    /// the ImageNet recipe), ×1, ×1.25.
+    MultiScale,
+}
+
+impl Tta {
+    /// Parses `none`, `flip`, `five-crop`, `ten-crop`, `multi-scale`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Tta::None,
+            "flip" => Tta::Flip,
+            "five-crop" => Tta::FiveCrop,
+            "ten-crop" => Tta::TenCrop,
+            "multi-scale" => Tta::MultiScale,
+            _ => return None,
+        })
+    }
+
+    /// Number of views per image.
+    pub fn views(self) -> usize {
+        match self {
+            Tta::None => 1,
+            Tta::Flip => 2,
+            Tta::FiveCrop => 5,
+            Tta::TenCrop => 10,
+            Tta::MultiScale => 3,
+        }
+    }
+}
+
+/// The views of `img` that `tta` asks for, each preprocessed as the spec says.
+pub fn tta_views(img: &RgbImage, spec: &TrainingSpec, tta: Tta) -> Vec<ImageTensor> {
+    let [ch, cw] = spec.center_crop.unwrap_or(spec.input_size);
+    let resized = || match &spec.resize {
+        Some(r) => apply_resize(img, r),
+        None => img.clone(),
+    };
+    let flip = image::imageops::flip_horizontal;
+    let geoms: Vec<RgbImage> = match tta {
+        Tta::None => vec![geometry(img, spec)],
+        Tta::Flip => {
+            let g = geometry(img, spec);
+            let f = flip(&g);
+            vec![g, f]
+        }
+        Tta::FiveCrop | Tta::TenCrop => {
+            let r = resized();
+            let (h, w) = (r.height() as i64, r.width() as i64);
+            let (bottom, right) = (h - ch as i64, w - cw as i64);
+            let mut v = vec![
+                crop(&r, 0, 0, ch, cw),
+                crop(&r, 0, right, ch, cw),
+                crop(&r, bottom, 0, ch, cw),
+                crop(&r, bottom, right, ch, cw),
+                center_crop(&r, ch, cw),
+            ];
+            if tta == Tta::TenCrop {
+                let flipped: Vec<_> = v.iter().map(flip).collect();
+                v.extend(flipped);
+            }
+            v
+        }
+        Tta::MultiScale => [0.875, 1.0, 1.25]
+            .iter()
+            .map(|&k| {
+                let mut s = spec.clone();
+                if let Some(r) = s.resize.as_mut() {
+                    let scale = |v: u32| ((v as f64 * k).round() as u32).max(1);
+                    r.shorter_side = r.shorter_side.map(scale);
+                    r.size = r.size.map(|[a, b]| [scale(a), scale(b)]);
+                }
+                geometry(img, &s)
+            })
+            .collect(),
+    };
+    geoms.iter().map(|g| to_tensor(g, spec)).collect()
+}
+
+#[cfg(test)]
+mod tta_tests {
+    use super::*;
+    use crate::spec::Preset;
+
+    #[test]
+    fn views_have_input_size_and_flip_mirrors() {
+        let mut img = RgbImage::new(300, 260);
+        for (x, _, p) in img.enumerate_pixels_mut() {
+            *p = image::Rgb([(x * 255 / 299) as u8, 0, 0]);
+        }
+        let spec = Preset::TorchvisionImagenet.spec("m", 10);
+        for t in [Tta::None, Tta::Flip, Tta::FiveCrop, Tta::TenCrop, Tta::MultiScale] {
+            let v = tta_views(&img, &spec, t);
+            assert_eq!(v.len(), t.views());
+            assert!(v.iter().all(|x| x.shape == [3, 224, 224]));
+        }
+        let v = tta_views(&img, &spec, Tta::Flip);
+        // Red increases left to right; mirrored, it decreases.
+        assert!(v[0].data[0] < v[0].data[223]);
+        assert!(v[1].data[0] > v[1].data[223]);
+        assert_eq!(v[0].data[0], v[1].data[223]);
+        assert_eq!(Tta::parse("ten-crop"), Some(Tta::TenCrop));
+    }
+}

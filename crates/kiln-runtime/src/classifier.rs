@@ -6,11 +6,13 @@ use candle_nn::VarBuilder;
 use image::{DynamicImage, RgbImage};
 use kiln_models::ImageModel;
 use kiln_preprocess::{
-    decode_file, preprocess, ChannelOrder, DecodeOptions, ImageTensor, Interpolation, Layout, PixelScale, TrainingSpec,
+    decode_file, preprocess, tta_views, ChannelOrder, DecodeOptions, ImageTensor, Interpolation, Layout, PixelScale,
+    TrainingSpec, Tta,
 };
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::labels::read_labels;
 use crate::weights::{resolve_spec, SpecOrigin, WeightFile};
@@ -48,6 +50,79 @@ pub struct ClassScore {
 pub struct Prediction {
     /// The best classes, most probable first.
     pub top: Vec<ClassScore>,
+    /// True when the top-1 probability is below the confidence threshold: the model does not
+    /// assert a class, and `top` is only what it leaned towards.
+    pub uncertain: bool,
+}
+
+/// How to classify a stream of inputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunOptions {
+    /// Classes kept per image.
+    pub top_k: usize,
+    /// Images per forward pass (each contributes `tta.views()` tensors).
+    pub batch_size: usize,
+    /// Test-time augmentation.
+    pub tta: Tta,
+    /// Top-1 probability below which a result is marked uncertain.
+    pub threshold: Option<f32>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            top_k: 5,
+            batch_size: DEFAULT_BATCH_SIZE,
+            tta: Tta::None,
+            threshold: None,
+        }
+    }
+}
+
+/// Images per forward pass when not told otherwise. Measured with `kiln bench` on a 2-core CPU
+/// (see README): throughput stops improving beyond about 8, while memory keeps growing.
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+
+/// Time spent on one image in each stage (forward and postprocess are its share of its batch).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StageTimes {
+    /// Reading and decoding the file.
+    pub decode_ms: f64,
+    /// Resize, crop, normalise (all views).
+    pub preprocess_ms: f64,
+    /// The network.
+    pub forward_ms: f64,
+    /// Softmax, averaging, top-k.
+    pub postprocess_ms: f64,
+}
+
+/// One classified input of a stream.
+#[derive(Debug, Clone)]
+pub struct Classified {
+    /// The prediction.
+    pub prediction: Prediction,
+    /// Width and height after decoding (and EXIF orientation).
+    pub decoded_size: (u32, u32),
+    /// Per-stage timings.
+    pub times: StageTimes,
+}
+
+/// The outcome for one input of a stream, delivered in input order.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Position in the input.
+    pub index: usize,
+    /// The input path.
+    pub path: PathBuf,
+    /// The classification, or why this input failed.
+    pub result: Result<Classified, RuntimeError>,
+}
+
+struct Prepared {
+    index: usize,
+    path: PathBuf,
+    views: Result<(Vec<ImageTensor>, (u32, u32)), RuntimeError>,
+    times: StageTimes,
 }
 
 /// Command-line style overrides of preprocessing constants. Each one that contradicts the spec
@@ -285,7 +360,8 @@ impl ClassifierBuilder {
             )));
         }
         let params = spec_params(&spec)?;
-        let vb = VarBuilder::from_buffered_safetensors(file.bytes.clone(), self.dtype, &self.device)?;
+        let parameters = file.parameter_count();
+        let vb = VarBuilder::from_buffered_safetensors(file.bytes, self.dtype, &self.device)?;
         let model = kiln_models::build(&spec.architecture, &params, vb)?;
         if model.num_classes() != spec.num_classes {
             return Err(RuntimeError::Mismatch(format!(
@@ -304,7 +380,7 @@ impl ClassifierBuilder {
             dtype: self.dtype,
             decode: self.decode,
             weights: weights_path,
-            parameters: file.parameter_count(),
+            parameters,
         })
     }
 }
@@ -406,31 +482,73 @@ impl Classifier {
 
     /// Softmax and top-k of one row of logits.
     pub fn decode_logits(&self, logits: &[f32], top_k: usize) -> Prediction {
-        let probs = softmax(logits);
+        self.decode_probs(softmax(logits), top_k, None)
+    }
+
+    /// Top-k of a probability vector, with the uncertainty threshold applied.
+    pub fn decode_probs(&self, probs: Vec<f32>, top_k: usize, threshold: Option<f32>) -> Prediction {
         let mut idx: Vec<usize> = (0..probs.len()).collect();
-        // Stable order for ties: lower index first, as torch.topk does on CPU in practice.
+        // Ties keep the lower index first, so results are stable across runs and threads.
         idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-        Prediction {
-            top: idx
-                .into_iter()
-                .take(top_k.max(1))
-                .map(|i| ClassScore {
-                    index: i,
-                    label: self.labels[i].clone(),
-                    prob: probs[i],
-                })
-                .collect(),
-        }
+        let top: Vec<ClassScore> = idx
+            .into_iter()
+            .take(top_k.max(1))
+            .map(|i| ClassScore {
+                index: i,
+                label: self.labels[i].clone(),
+                prob: probs[i],
+            })
+            .collect();
+        let uncertain = threshold.is_some_and(|t| top[0].prob < t);
+        Prediction { top, uncertain }
+    }
+
+    /// The preprocessed views of one decoded image under `tta`.
+    pub fn views(&self, img: &RgbImage, tta: Tta) -> Vec<ImageTensor> {
+        tta_views(img, &self.spec, tta)
+    }
+
+    /// Averages the views of each image. Probabilities are averaged, not logits: each view's
+    /// softmax is a calibrated distribution, and averaging them keeps one over-confident view
+    /// (a crop that happens to look like something else) from dominating, as logit averaging
+    /// lets it. With one view the two agree.
+    fn predict_views(
+        &self,
+        views: &[ImageTensor],
+        per_image: usize,
+        opts: &RunOptions,
+    ) -> Result<Vec<Prediction>, RuntimeError> {
+        Ok(self.average_views(&self.logits(views)?, per_image, opts))
+    }
+
+    fn average_views(&self, logits: &[Vec<f32>], per_image: usize, opts: &RunOptions) -> Vec<Prediction> {
+        logits
+            .chunks(per_image)
+            .map(|rows| {
+                let mut mean = vec![0f32; rows[0].len()];
+                for r in rows {
+                    for (m, p) in mean.iter_mut().zip(softmax(r)) {
+                        *m += p / rows.len() as f32;
+                    }
+                }
+                self.decode_probs(mean, opts.top_k, opts.threshold)
+            })
+            .collect()
     }
 
     /// Classifies decoded images.
     pub fn classify_images(&self, images: &[RgbImage], top_k: usize) -> Result<Vec<Prediction>, RuntimeError> {
-        let tensors: Vec<_> = images.par_iter().map(|i| self.preprocess(i)).collect();
-        Ok(self
-            .logits(&tensors)?
-            .iter()
-            .map(|l| self.decode_logits(l, top_k))
-            .collect())
+        let opts = RunOptions {
+            top_k,
+            ..Default::default()
+        };
+        self.classify_images_with(images, &opts)
+    }
+
+    /// Classifies decoded images with test-time augmentation and a threshold.
+    pub fn classify_images_with(&self, images: &[RgbImage], opts: &RunOptions) -> Result<Vec<Prediction>, RuntimeError> {
+        let views: Vec<ImageTensor> = images.par_iter().flat_map_iter(|i| self.views(i, opts.tta)).collect();
+        self.predict_views(&views, opts.tta.views(), opts)
     }
 
     /// Classifies one in-memory image of any colour type.
@@ -445,38 +563,135 @@ impl Classifier {
         Ok(self.classify_images(&[d.rgb], top_k)?.remove(0))
     }
 
-    /// Classifies many files in batches of `batch_size`, decoding in parallel. One result per
-    /// path, in input order; a file that fails does not stop the others.
-    pub fn classify_paths(
-        &self,
-        paths: &[PathBuf],
-        top_k: usize,
-        batch_size: usize,
-    ) -> Vec<Result<Prediction, RuntimeError>> {
+    /// Classifies many files; one result per path, in input order. See [`Classifier::classify_stream`].
+    pub fn classify_paths(&self, paths: &[PathBuf], top_k: usize, batch_size: usize) -> Vec<Result<Prediction, RuntimeError>> {
+        let opts = RunOptions {
+            top_k,
+            batch_size,
+            ..Default::default()
+        };
         let mut out = Vec::with_capacity(paths.len());
-        for chunk in paths.chunks(batch_size.max(1)) {
-            let decoded: Vec<Result<ImageTensor, RuntimeError>> = chunk
-                .par_iter()
-                .map(|p| {
-                    let d = decode_file(p, &self.decode)?;
-                    Ok(self.preprocess(&d.rgb))
-                })
-                .collect();
-            let ok: Vec<ImageTensor> = decoded.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-            let mut preds = match self.logits(&ok) {
-                Ok(l) => l.iter().map(|r| Ok(self.decode_logits(r, top_k))).collect::<Vec<_>>(),
-                Err(e) => ok.iter().map(|_| Err(RuntimeError::Forward(e.to_string()))).collect(),
-            }
-            .into_iter();
-            for r in decoded {
-                out.push(match r {
-                    Ok(_) => preds.next().expect("one prediction per decoded image"),
-                    Err(e) => Err(e),
-                });
-            }
-        }
+        self.classify_stream(paths.iter().cloned(), &opts, |o| out.push(o.result.map(|c| c.prediction)));
         out
     }
+
+    fn prepare(&self, index: usize, path: PathBuf, tta: Tta) -> Prepared {
+        let mut times = StageTimes::default();
+        let t0 = Instant::now();
+        let decoded = decode_file(&path, &self.decode);
+        times.decode_ms = ms(t0);
+        let views = decoded.map_err(RuntimeError::from).map(|d| {
+            let t1 = Instant::now();
+            let size = d.rgb.dimensions();
+            let v = self.views(&d.rgb, tta);
+            times.preprocess_ms = ms(t1);
+            (v, size)
+        });
+        Prepared {
+            index,
+            path,
+            views,
+            times,
+        }
+    }
+
+    /// Classifies a stream of files, calling `on_result` once per input, in input order.
+    ///
+    /// Files are decoded and preprocessed in parallel (rayon) on a producer thread while the
+    /// previous batch runs through the network; at most two batches of pixels are held at once,
+    /// however long the stream. A file that fails (missing, corrupt, too large, …) yields an
+    /// error outcome and the rest go on.
+    pub fn classify_stream<I, F>(&self, paths: I, opts: &RunOptions, mut on_result: F)
+    where
+        I: IntoIterator<Item = PathBuf>,
+        I::IntoIter: Send,
+        F: FnMut(Outcome),
+    {
+        let batch = opts.batch_size.max(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Prepared>>(1);
+        std::thread::scope(|s| {
+            let mut it = paths.into_iter().enumerate();
+            s.spawn(move || loop {
+                let chunk: Vec<(usize, PathBuf)> = it.by_ref().take(batch).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let prepared: Vec<Prepared> = chunk
+                    .into_par_iter()
+                    .map(|(i, p)| self.prepare(i, p, opts.tta))
+                    .collect();
+                if tx.send(prepared).is_err() {
+                    break;
+                }
+            });
+            for prepared in rx {
+                self.finish_batch(prepared, opts, &mut on_result);
+            }
+        });
+    }
+
+    fn finish_batch(&self, prepared: Vec<Prepared>, opts: &RunOptions, on_result: &mut impl FnMut(Outcome)) {
+        let per_image = opts.tta.views();
+        let views: Vec<ImageTensor> = prepared
+            .iter()
+            .filter_map(|p| p.views.as_ref().ok())
+            .flat_map(|(v, _)| v.iter().cloned())
+            .collect();
+        let n_ok = views.len() / per_image;
+        let share = |t: f64| if n_ok > 0 { t / n_ok as f64 } else { 0.0 };
+        let t0 = Instant::now();
+        let logits = self.logits(&views);
+        let forward_ms = share(ms(t0));
+        let t1 = Instant::now();
+        let preds = logits.map(|l| self.average_views(&l, per_image, opts));
+        let post_ms = share(ms(t1));
+        let mut preds = match preds {
+            Ok(p) => p.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => (0..n_ok).map(|_| Err(RuntimeError::Forward(e.to_string()))).collect(),
+        }
+        .into_iter();
+        for p in prepared {
+            let result = match p.views {
+                Ok((_, size)) => preds.next().expect("one prediction per decoded image").map(|prediction| {
+                    let mut times = p.times;
+                    times.forward_ms = forward_ms;
+                    times.postprocess_ms = post_ms;
+                    tracing::debug!(
+                        path = %p.path.display(),
+                        decoded = ?size,
+                        input = ?[per_image, 3, self.spec.input_size[0] as usize, self.spec.input_size[1] as usize],
+                        output = ?[per_image, self.spec.num_classes],
+                        top1 = %prediction.top[0].label,
+                        confidence = prediction.top[0].prob,
+                        "classified"
+                    );
+                    tracing::trace!(
+                        path = %p.path.display(),
+                        decode_ms = times.decode_ms,
+                        preprocess_ms = times.preprocess_ms,
+                        forward_ms = times.forward_ms,
+                        postprocess_ms = times.postprocess_ms,
+                        "stage times"
+                    );
+                    Classified {
+                        prediction,
+                        decoded_size: size,
+                        times,
+                    }
+                }),
+                Err(e) => Err(e),
+            };
+            on_result(Outcome {
+                index: p.index,
+                path: p.path,
+                result,
+            });
+        }
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
 }
 
 /// Numerically stable softmax in f64, returned as f32.

@@ -172,11 +172,12 @@ fn read_legacy(bytes: &[u8]) -> Result<Checkpoint, String> {
         let size = elem_size.get(key.as_str()).copied().unwrap_or(1);
         let len = numel.checked_mul(size).ok_or("storage size overflows")?;
         let start = r.position() as usize;
+        let end = start.checked_add(len).ok_or("storage size overflows")?;
         let data = bytes
-            .get(start..start + len)
+            .get(start..end)
             .ok_or_else(|| format!("truncated in storage {key} ({len} bytes expected)"))?;
         storages.insert(key.clone(), data);
-        r.set_position((start + len) as u64);
+        r.set_position(end as u64);
     }
     let tensors = materialise(refs, |k| storages.get(k).copied().map(<[u8]>::to_vec))?;
     Ok(Checkpoint {
@@ -235,6 +236,11 @@ fn tensor_refs(obj: Object) -> Result<Vec<TensorRef>, String> {
             Some(Object::Dict(inner)) => items = inner,
             _ => return Err("no tensors at the top level nor under state_dict/model".into()),
         }
+    }
+    // Python pickles a dict's items in batches of 1000 (SETITEMS), and candle's unpickler
+    // appends each batch in reverse; undo that so the keys come out in state-dict order.
+    for batch in items.chunks_mut(1000) {
+        batch.reverse();
     }
     let mut out = vec![];
     for (k, v) in items {

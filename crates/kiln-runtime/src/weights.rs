@@ -220,7 +220,7 @@ pub fn write_safetensors(
     }
     // serde_json's map keeps keys sorted (no preserve_order feature), so the text is canonical.
     let mut text = serde_json::to_string(&header).expect("header serialises").into_bytes();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + text.len() + offset);

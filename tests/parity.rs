@@ -1,0 +1,394 @@
+//! PyTorch parity through kiln's real loading path.
+//!
+//! For each fixture in `tests/fixtures/parity` (made by `python/make_parity_fixtures.py`), every
+//! weight is regenerated bit for bit from the "kiln-fixture-v1" recipe listed in `NAME.json`,
+//! written to a temporary safetensors file with a training spec embedded under `kiln.spec`, and
+//! loaded with `Classifier::builder().weights(path).build()` (file → spec → registry → model, batch
+//! norm folded). The logits for the two recipe inputs (`[2,3,224,224]` and `[2,3,160,200]`) must
+//! match torchvision's to `1e-4 * max(1, |torch|)` in every element.
+//!
+//! Run with `cargo test --release --test parity -- --nocapture` to see the worst-case figures.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use kiln_preprocess::{ImageTensor, Preset};
+use kiln_runtime::Classifier;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// The recipe ("kiln-fixture-v1")
+// ---------------------------------------------------------------------------------------------
+
+/// FNV-1a 64 of the UTF-8 bytes of `name`.
+fn fnv1a64(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The recipe's `u` values in [-1, 1): splitmix64 seeded with the name's hash, top 24 bits.
+fn recipe_uniform(name: &str, count: usize) -> impl Iterator<Item = f32> {
+    let mut state = fnv1a64(name);
+    (0..count).map(move |_| {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        ((z >> 40) as f32) / 16_777_216.0 * 2.0 - 1.0
+    })
+}
+
+/// `b * u + a` in f32 (a multiply then an add, never fused, as numpy does).
+fn recipe_values(name: &str, count: usize, a: f32, b: f32) -> Vec<f32> {
+    recipe_uniform(name, count).map(|u| b * u + a).collect()
+}
+
+/// The reference values are numpy's (the f32 results printed as f64, so compared exactly in f64).
+#[test]
+fn recipe_reference_values() {
+    let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+    assert_eq!(fnv1a64(""), 0xcbf2_9ce4_8422_2325);
+    assert_eq!(fnv1a64("a"), 0xaf63_dc4c_8601_ec8c);
+    assert_eq!(fnv1a64("conv1.weight"), 0x69a2_9a2c_ee47_d254);
+    let u: Vec<f32> = recipe_uniform("conv1.weight", 3).collect();
+    assert_eq!(
+        f64s(&u),
+        [0.0901498794555664, 0.49032342433929443, -0.9541566371917725]
+    );
+    let b = 0.2020305097103119_f64 as f32;
+    assert_eq!(f64::from(b), 0.2020305097103119);
+    let w = recipe_values("conv1.weight", 3, 0.0, b);
+    assert_eq!(
+        f64s(&w),
+        [
+            0.018213026225566864,
+            0.0990602895617485,
+            -0.19276875257492065
+        ]
+    );
+    assert_eq!(fnv1a64("input/224x224"), 0x1a5b_3c4c_575d_090c);
+    let u: Vec<f32> = recipe_uniform("input/224x224", 1).collect();
+    assert_eq!(f64s(&u), [-0.9543522596359253]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")
+}
+
+/// One tensor or input of a manifest.
+struct Entry {
+    name: String,
+    shape: Vec<usize>,
+    a: f32,
+    b: f32,
+}
+
+impl Entry {
+    fn from_json(v: &Value) -> Self {
+        let num = |k: &str| {
+            v[k].as_f64()
+                .unwrap_or_else(|| panic!("manifest entry without `{k}`: {v}"))
+        };
+        let shape = v["shape"]
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|d| d.as_u64().expect("dimension") as usize)
+            .collect();
+        Self {
+            name: v["name"].as_str().expect("name").to_string(),
+            shape,
+            // The manifest holds f32 values printed as f64: the cast is exact.
+            a: num("a") as f32,
+            b: num("b") as f32,
+        }
+    }
+
+    fn values(&self) -> Vec<f32> {
+        recipe_values(&self.name, self.shape.iter().product(), self.a, self.b)
+    }
+}
+
+struct Manifest {
+    architecture: String,
+    arch_params: BTreeMap<String, Value>,
+    num_classes: usize,
+    tensors: Vec<Entry>,
+    inputs: Vec<Entry>,
+}
+
+fn read_manifest(name: &str) -> Manifest {
+    let path = fixture_dir().join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(v["recipe"], "kiln-fixture-v1", "{}", path.display());
+    let entries = |k: &str| {
+        v[k].as_array()
+            .expect(k)
+            .iter()
+            .map(Entry::from_json)
+            .collect()
+    };
+    Manifest {
+        architecture: v["architecture"]
+            .as_str()
+            .expect("architecture")
+            .to_string(),
+        arch_params: v["arch_params"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+        num_classes: v["num_classes"].as_u64().expect("num_classes") as usize,
+        tensors: entries("tensors"),
+        inputs: entries("inputs"),
+    }
+}
+
+/// The PyTorch logits, by input key (`224x224`, `160x200`), each `[2, classes]` row-major.
+fn read_torch_logits(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let path = fixture_dir().join(format!("{name}.logits.safetensors"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            assert_eq!(v.dtype(), Dtype::F32, "{k}");
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (k, (v.shape().to_vec(), data))
+        })
+        .collect()
+}
+
+/// A file in the temporary directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(stem: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!(
+            "kiln-parity-{}-{n}-{stem}.safetensors",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes the recipe weights of `m` with an embedded spec, as `kiln convert` would.
+fn write_weights(m: &Manifest, path: &Path) {
+    let mut spec = Preset::TorchvisionImagenet.spec(&m.architecture, m.num_classes);
+    spec.arch_params = m.arch_params.clone();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = m
+        .tensors
+        .iter()
+        .map(|e| {
+            let data = e.values().iter().flat_map(|v| v.to_le_bytes()).collect();
+            (e.name.clone(), e.shape.clone(), data)
+        })
+        .collect();
+    let views = bytes.iter().map(|(n, s, d)| {
+        (
+            n.clone(),
+            TensorView::new(Dtype::F32, s.clone(), d).expect("view"),
+        )
+    });
+    let meta = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (
+            kiln_preprocess::SPEC_METADATA_KEY.to_string(),
+            spec.to_json(),
+        ),
+    ]);
+    safetensors::serialize_to_file(views, Some(meta), path).expect("write temporary weights");
+}
+
+/// Worst-case agreement of one model with PyTorch.
+#[derive(Debug, Default)]
+struct Agreement {
+    max_abs: f32,
+    max_ratio: f32,
+    max_torch: f32,
+    worst_at: String,
+    failures: Vec<String>,
+}
+
+impl Agreement {
+    fn compare(&mut self, key: &str, ours: &[Vec<f32>], torch: &(Vec<usize>, Vec<f32>)) {
+        let (shape, want) = torch;
+        assert_eq!(shape, &[ours.len(), ours[0].len()], "{key}: logits shape");
+        for (i, row) in ours.iter().enumerate() {
+            for (j, &got) in row.iter().enumerate() {
+                let t = want[i * shape[1] + j];
+                self.max_torch = self.max_torch.max(t.abs());
+                let diff = (got - t).abs();
+                let ratio = diff / (1e-4 * t.abs().max(1.0));
+                // A NaN anywhere is a failure, never hidden by a comparison.
+                let (diff, ratio) = if ratio.is_nan() {
+                    (f32::INFINITY, f32::INFINITY)
+                } else {
+                    (diff, ratio)
+                };
+                if diff > self.max_abs {
+                    self.max_abs = diff;
+                }
+                if ratio > self.max_ratio || self.worst_at.is_empty() {
+                    self.max_ratio = ratio;
+                    self.worst_at = format!("{key}[{i},{j}] kiln {got} torch {t}");
+                }
+                if ratio > 1.0 && self.failures.len() < 10 {
+                    self.failures.push(format!(
+                        "{key}[{i},{j}]: kiln {got}, torch {t}, |diff| {diff:.3e}"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Regenerates fixture `name` (after `tweak`), loads it through `Classifier`, and compares the
+/// logits of both inputs with PyTorch's.
+fn run_parity(name: &str, label: &str, tweak: impl FnOnce(&mut Manifest)) -> Agreement {
+    let start = Instant::now();
+    let mut m = read_manifest(name);
+    tweak(&mut m);
+    let torch = read_torch_logits(name);
+    let file = TempFile::new(name);
+    write_weights(&m, &file.0);
+    let classifier = Classifier::builder()
+        .weights(&file.0)
+        .build()
+        .unwrap_or_else(|e| panic!("{name}: loading {}: {e}", file.0.display()));
+    drop(file);
+    assert_eq!(classifier.spec().architecture, m.architecture);
+    let loaded = start.elapsed();
+
+    let mut agreement = Agreement::default();
+    for input in &m.inputs {
+        let &[n, c, h, w] = input.shape.as_slice() else {
+            panic!("{name}: input {} is not NCHW", input.name)
+        };
+        let values = input.values();
+        let batch: Vec<ImageTensor> = values
+            .chunks_exact(c * h * w)
+            .map(|d| ImageTensor {
+                data: d.to_vec(),
+                shape: [c, h, w],
+            })
+            .collect();
+        assert_eq!(batch.len(), n);
+        let logits = classifier
+            .logits(&batch)
+            .unwrap_or_else(|e| panic!("{name} {h}x{w}: {e}"));
+        let key = format!("{h}x{w}");
+        let want = torch
+            .get(&key)
+            .unwrap_or_else(|| panic!("{name}: no torch logits `{key}`"));
+        agreement.compare(&key, &logits, want);
+    }
+    println!(
+        "parity {label:18} worst |diff| {:.3e}  worst diff/tol {:.4}  max |torch| {:.3}  ({})  load {:.1}s total {:.1}s",
+        agreement.max_abs,
+        agreement.max_ratio,
+        agreement.max_torch,
+        agreement.worst_at,
+        loaded.as_secs_f32(),
+        start.elapsed().as_secs_f32()
+    );
+    agreement
+}
+
+fn check_parity(name: &str) {
+    let agreement = run_parity(name, name, |_| {});
+    assert!(
+        agreement.failures.is_empty(),
+        "{name}: logits differ from PyTorch beyond 1e-4 * max(1, |torch|):\n  {}",
+        agreement.failures.join("\n  ")
+    );
+}
+
+macro_rules! parity_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                check_parity(stringify!($name));
+            }
+        )*
+    };
+}
+
+parity_tests!(
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+    wide_resnet50_2,
+    resnext50_32x4d,
+    mobilenet_v2_w050,
+    mobilenet_v2_w075,
+    mobilenet_v2_w100,
+    mobilenet_v2_w140,
+);
+
+/// A fine-tuned head of another width loads: the class count comes from `fc.weight`.
+#[test]
+fn resnet18_ten_class_head() {
+    let mut m = read_manifest("resnet18");
+    m.num_classes = 10;
+    for e in &mut m.tensors {
+        if e.name.starts_with("fc.") {
+            e.shape[0] = 10;
+        }
+    }
+    let file = TempFile::new("resnet18-10");
+    write_weights(&m, &file.0);
+    let classifier = Classifier::builder()
+        .weights(&file.0)
+        .build()
+        .expect("10-class resnet18");
+    let img = ImageTensor {
+        data: recipe_values("input/10-class", 3 * 64 * 80, 0.0, 1.0),
+        shape: [3, 64, 80],
+    };
+    let logits = classifier.logits(&[img]).expect("forward");
+    assert_eq!((logits.len(), logits[0].len()), (1, 10));
+    assert!(logits[0].iter().all(|v| v.is_finite()));
+}
+
+/// The comparison is not vacuous: scaling one deep convolution's weights by 1.001 is caught.
+#[test]
+fn resnet18_perturbed_weight_is_detected() {
+    let agreement = run_parity("resnet18", "resnet18 perturbed", |m| {
+        let e = m
+            .tensors
+            .iter_mut()
+            .find(|e| e.name == "layer3.1.conv1.weight")
+            .expect("tensor");
+        e.b *= 1.001;
+    });
+    assert!(
+        !agreement.failures.is_empty(),
+        "a 0.1% weight change went unnoticed: {agreement:?}"
+    );
+}
