@@ -392,3 +392,85 @@ fn resnet18_perturbed_weight_is_detected() {
         "a 0.1% weight change went unnoticed: {agreement:?}"
     );
 }
+
+/// A user's own fine-tuned ResNet through the command line: weights without an embedded spec,
+/// a spec file beside them, and a 10-name label file.
+#[test]
+fn user_resnet_with_own_classes_through_cli() {
+    let mut m = read_manifest("resnet18");
+    m.num_classes = 10;
+    for e in &mut m.tensors {
+        if e.name.starts_with("fc.") {
+            e.shape[0] = 10;
+        }
+    }
+    let weights = TempFile::new("user-resnet18");
+    write_weights(&m, &weights.0);
+    // Strip the embedded spec: the user supplies one with --spec.
+    let bytes = std::fs::read(&weights.0).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap()))
+        .collect();
+    let bare = TempFile::new("user-resnet18-bare");
+    safetensors::serialize_to_file(views, None, &bare.0).unwrap();
+
+    let dir = std::env::temp_dir().join(format!("kiln-user-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = Preset::TorchvisionImagenet.spec("resnet18", 10);
+    std::fs::write(dir.join("spec.json"), spec.to_json()).unwrap();
+    let names: String = (0..10).map(|i| format!("part-{i}\n")).collect();
+    std::fs::write(dir.join("labels.txt"), names).unwrap();
+    std::fs::write(dir.join("five.txt"), "a\nb\nc\nd\ne\n").unwrap();
+    let img = dir.join("img.png");
+    image::RgbImage::from_fn(120, 90, |x, y| image::Rgb([x as u8, y as u8, 90])).save(&img).unwrap();
+
+    let kiln = |extra: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.args(["classify", "--model", "resnet18", "--format", "jsonl", "--top-k", "3"]);
+        c.arg("--weights").arg(&bare.0).arg(&img).args(extra);
+        c.output().unwrap()
+    };
+    let spec_arg = dir.join("spec.json");
+    let spec_arg = spec_arg.to_str().unwrap();
+    let labels = dir.join("labels.txt");
+    let ok = kiln(&["--spec", spec_arg, "--labels", labels.to_str().unwrap()]);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let v: Value = serde_json::from_slice(&ok.stdout).unwrap();
+    let label = v["top"][0]["label"].as_str().unwrap();
+    assert!(label.starts_with("part-"), "{v}");
+    assert!(v["top"][0]["index"].as_u64().unwrap() < 10);
+
+    // No spec anywhere: refused, saying how to provide one.
+    let none = kiln(&[]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no training spec"));
+    // fc rows (10) vs a 5-name label file.
+    let five = dir.join("five.txt");
+    let bad = kiln(&["--spec", spec_arg, "--labels", five.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("5 names") && err.contains("10 classes"), "{err}");
+    // A spec claiming 1000 classes for a 10-row fc.
+    std::fs::write(dir.join("spec1000.json"), Preset::TorchvisionImagenet.spec("resnet18", 1000).to_json()).unwrap();
+    let s1000 = dir.join("spec1000.json");
+    let bad = kiln(&["--spec", s1000.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("`fc.weight`") && err.contains("10 rows") && err.contains("1000"), "{err}");
+    // Weights of another architecture.
+    std::fs::write(dir.join("spec50.json"), Preset::TorchvisionImagenet.spec("resnet50", 10).to_json()).unwrap();
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let s50 = dir.join("spec50.json");
+    let wrong = c
+        .args(["classify", "--model", "resnet50", "--spec", s50.to_str().unwrap(), "--weights"])
+        .arg(&bare.0)
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("weights do not fit `resnet50`"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
