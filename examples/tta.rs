@@ -11,8 +11,15 @@ use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let dir = PathBuf::from(args.next().unwrap_or_else(|| "../shared/imagenet-sample".into()));
-    let limit: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(usize::MAX);
+    let dir = PathBuf::from(
+        args.next()
+            .unwrap_or_else(|| "../shared/imagenet-sample".into()),
+    );
+    let limit: usize = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(usize::MAX);
     let labels = std::fs::read_to_string(dir.join("labels.csv"))?;
     let rows: Vec<(PathBuf, usize)> = labels
         .lines()
@@ -24,7 +31,11 @@ fn main() -> anyhow::Result<()> {
         .take(limit)
         .collect();
     let classifier = Classifier::builder().build()?;
-    println!("{} photos, model {}", rows.len(), classifier.spec().architecture);
+    println!(
+        "{} photos, model {}",
+        rows.len(),
+        classifier.spec().architecture
+    );
     println!("| --tta | views | top-1 | change | ms / image |");
     println!("|---|---|---|---|---|");
     let mut base = None;
@@ -51,7 +62,11 @@ fn main() -> anyhow::Result<()> {
         let ms = started.elapsed().as_secs_f64() * 1e3 / rows.len() as f64;
         let acc = correct as f64 / rows.len() as f64 * 100.0;
         let b = *base.get_or_insert(acc);
-        println!("| {name} | {} | {acc:.1}% | {:+.1} | {ms:.0} |", tta.views(), acc - b);
+        println!(
+            "| {name} | {} | {acc:.1}% | {:+.1} | {ms:.0} |",
+            tta.views(),
+            acc - b
+        );
     }
     Ok(())
 }

@@ -4,13 +4,15 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln_preprocess::{ChannelOrder, Interpolation, PixelScale, Preset, TrainingSpec};
 use kiln_preprocess::{DecodeOptions, Tta};
-use kiln_runtime::{parse_device, Classifier, Outcome, RunOptions, RuntimeError, SpecOverrides, WeightFile};
-use std::io::IsTerminal;
-use std::time::Instant;
+use kiln_runtime::{
+    parse_device, Classifier, Outcome, RunOptions, RuntimeError, SpecOverrides, WeightFile,
+};
 use serde_json::json;
+use std::io::IsTerminal;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 /// Exit code when every image was classified.
 const EXIT_OK: u8 = 0;
@@ -23,7 +25,11 @@ const EXIT_USAGE: u8 = 2;
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"];
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Run image classifiers trained in PyTorch or TensorFlow, in pure Rust.")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Run image classifiers trained in PyTorch or TensorFlow, in pure Rust."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -208,7 +214,9 @@ pub fn run() -> ExitCode {
         Command::Classify(a) => classify(a),
         Command::Convert(a) => convert(a).map(|_| EXIT_OK),
         Command::Inspect(a) => inspect(a).map(|_| EXIT_OK),
-        Command::Bench(a) => crate::bench::run(a).map(|_| EXIT_OK).map_err(Failure::Usage),
+        Command::Bench(a) => crate::bench::run(a)
+            .map(|_| EXIT_OK)
+            .map_err(Failure::Usage),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -225,7 +233,8 @@ fn init_logging(verbose: u8) {
         1 => "info,kiln=debug,kiln_runtime=debug",
         _ => "info,kiln=trace,kiln_runtime=trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| level.into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| level.into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -234,13 +243,21 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn parse_enum<T>(what: &str, v: &Option<String>, f: impl Fn(&str) -> Option<T>) -> Result<Option<T>> {
+fn parse_enum<T>(
+    what: &str,
+    v: &Option<String>,
+    f: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>> {
     v.as_deref()
         .map(|s| f(s).with_context(|| format!("unknown {what} `{s}`")))
         .transpose()
 }
 
-fn build_classifier(m: &ModelArgs, o: &OverrideArgs, decode: DecodeOptions) -> Result<Classifier, Failure> {
+fn build_classifier(
+    m: &ModelArgs,
+    o: &OverrideArgs,
+    decode: DecodeOptions,
+) -> Result<Classifier, Failure> {
     let device = parse_device(&m.device)?;
     let mut b = Classifier::builder().device(device).decode_options(decode);
     if let Some(x) = &m.model {
@@ -279,10 +296,12 @@ fn build_classifier(m: &ModelArgs, o: &OverrideArgs, decode: DecodeOptions) -> R
             "raw" => Some(PixelScale::Raw),
             _ => None,
         })?,
-        channel_order: parse_enum("channel order", &o.channel_order, |s| match s.to_ascii_lowercase().as_str() {
-            "rgb" => Some(ChannelOrder::Rgb),
-            "bgr" => Some(ChannelOrder::Bgr),
-            _ => None,
+        channel_order: parse_enum("channel order", &o.channel_order, |s| {
+            match s.to_ascii_lowercase().as_str() {
+                "rgb" => Some(ChannelOrder::Rgb),
+                "bgr" => Some(ChannelOrder::Bgr),
+                _ => None,
+            }
         })?,
     };
     if o.allow_spec_override && overrides != SpecOverrides::default() {
@@ -327,12 +346,17 @@ fn expand(input: &Path) -> Vec<Expanded> {
     let text = input.to_string_lossy();
     if !input.exists() && text.contains(['*', '?', '[']) {
         let mut found: Vec<PathBuf> = match glob::glob(&text) {
-            Ok(paths) => paths.filter_map(|p| p.ok()).filter(|p| !p.is_dir()).collect(),
+            Ok(paths) => paths
+                .filter_map(|p| p.ok())
+                .filter(|p| !p.is_dir())
+                .collect(),
             Err(e) => return vec![Expanded::NoMatch(format!("{text}: bad pattern: {e}"))],
         };
         found.sort();
         if found.is_empty() {
-            return vec![Expanded::NoMatch(format!("{text}: no file matches this pattern"))];
+            return vec![Expanded::NoMatch(format!(
+                "{text}: no file matches this pattern"
+            ))];
         }
         return found.into_iter().map(Expanded::Path).collect();
     }
@@ -340,7 +364,9 @@ fn expand(input: &Path) -> Vec<Expanded> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -358,7 +384,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 fn classify(a: ClassifyArgs) -> Result<u8, Failure> {
     if let Some(t) = a.threshold {
         if !(0.0..=1.0).contains(&t) {
-            return Err(anyhow::anyhow!("--threshold {t} is not a probability between 0 and 1").into());
+            return Err(
+                anyhow::anyhow!("--threshold {t} is not a probability between 0 and 1").into(),
+            );
         }
     }
     let decode = DecodeOptions {
@@ -400,8 +428,8 @@ fn classify(a: ClassifyArgs) -> Result<u8, Failure> {
                 }
             })
             .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
-                .map(PathBuf::from)
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
         })
         .into_iter()
         .flatten();
@@ -459,7 +487,11 @@ fn classify(a: ClassifyArgs) -> Result<u8, Failure> {
     if total == 0 && failed == 0 {
         return Err(anyhow::anyhow!("no image paths were given on stdin").into());
     }
-    Ok(if failed > 0 { EXIT_SOME_FAILED } else { EXIT_OK })
+    Ok(if failed > 0 {
+        EXIT_SOME_FAILED
+    } else {
+        EXIT_OK
+    })
 }
 
 /// A progress bar on stderr, only for a terminal and more than one image.
@@ -480,7 +512,11 @@ fn progress_bar(len: Option<u64>, quiet: bool) -> Option<indicatif::ProgressBar>
     Some(pb)
 }
 
-fn write_table(out: &mut impl Write, o: &Outcome, pb: Option<&indicatif::ProgressBar>) -> std::io::Result<()> {
+fn write_table(
+    out: &mut impl Write,
+    o: &Outcome,
+    pb: Option<&indicatif::ProgressBar>,
+) -> std::io::Result<()> {
     match &o.result {
         Ok(c) => {
             let p = &c.prediction;
@@ -496,7 +532,14 @@ fn write_table(out: &mut impl Write, o: &Outcome, pb: Option<&indicatif::Progres
                 writeln!(out, "{}", o.path.display())?;
             }
             for (rank, c) in p.top.iter().enumerate() {
-                writeln!(out, "  {:>2}. {:<40} {:>7.2}%  (class {})", rank + 1, c.label, c.prob * 100.0, c.index)?;
+                writeln!(
+                    out,
+                    "  {:>2}. {:<40} {:>7.2}%  (class {})",
+                    rank + 1,
+                    c.label,
+                    c.prob * 100.0,
+                    c.index
+                )?;
             }
             Ok(())
         }
@@ -514,7 +557,9 @@ fn write_table(out: &mut impl Write, o: &Outcome, pb: Option<&indicatif::Progres
 fn write_jsonl(out: &mut impl Write, o: &Outcome) -> std::io::Result<()> {
     let path = o.path.display().to_string();
     let v = match &o.result {
-        Ok(c) => json!({"path": path, "top": c.prediction.top, "uncertain": c.prediction.uncertain}),
+        Ok(c) => {
+            json!({"path": path, "top": c.prediction.top, "uncertain": c.prediction.uncertain})
+        }
         Err(e) => json!({"path": path, "error": error_text(&o.path, e)}),
     };
     writeln!(out, "{v}")
@@ -578,7 +623,11 @@ fn convert(a: ConvertArgs) -> Result<(), Failure> {
         } else {
             format!(", dropped {} num_batches_tracked", report.dropped.len())
         },
-        if spec.is_some() { ", spec embedded" } else { "" }
+        if spec.is_some() {
+            ", spec embedded"
+        } else {
+            ""
+        }
     );
     Ok(())
 }
@@ -596,10 +645,15 @@ fn inspect(a: InspectArgs) -> Result<(), Failure> {
             println!(
                 "architecture:  {}{}",
                 spec.architecture,
-                entry.map(|e| format!(" (family {})", e.family)).unwrap_or_else(|| " (not registered)".into())
+                entry
+                    .map(|e| format!(" (family {})", e.family))
+                    .unwrap_or_else(|| " (not registered)".into())
             );
             if !spec.arch_params.is_empty() {
-                println!("arch params:   {}", serde_json::to_string(&spec.arch_params).unwrap_or_default());
+                println!(
+                    "arch params:   {}",
+                    serde_json::to_string(&spec.arch_params).unwrap_or_default()
+                );
             }
             println!("classes:       {}", spec.num_classes);
             println!("spec from:     {origin}");

@@ -50,6 +50,13 @@ fn evaluate(model: &str) -> (f64, f64, f64, f32) {
 fn mobilenet_v2_matches_pytorch_on_imagenet_sample() {
     let (ours, theirs, agree, _) = evaluate("mobilenet_v2");
     assert!((theirs - 0.828).abs() < 1e-9, "reference accuracy is 0.828");
-    assert!(ours >= theirs - 0.005, "top-1 {ours} is more than 0.5 points below PyTorch's {theirs}");
-    assert!(agree >= 0.99, "top-1 agrees with PyTorch on only {:.1}%", agree * 100.0);
+    assert!(
+        ours >= theirs - 0.005,
+        "top-1 {ours} is more than 0.5 points below PyTorch's {theirs}"
+    );
+    assert!(
+        agree >= 0.99,
+        "top-1 agrees with PyTorch on only {:.1}%",
+        agree * 100.0
+    );
 }

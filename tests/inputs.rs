@@ -17,7 +17,11 @@ fn fixtures() -> PathBuf {
 
 fn classifier() -> &'static Classifier {
     static C: OnceLock<Classifier> = OnceLock::new();
-    C.get_or_init(|| Classifier::builder().build().expect("shipped MobileNetV2 loads"))
+    C.get_or_init(|| {
+        Classifier::builder()
+            .build()
+            .expect("shipped MobileNetV2 loads")
+    })
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -29,7 +33,12 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn mean_abs_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
     assert_eq!(a.dimensions(), b.dimensions());
-    let s: u64 = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y) as u64).sum();
+    let s: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y) as u64)
+        .sum();
     s as f64 / a.as_raw().len() as f64
 }
 
@@ -51,7 +60,11 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
         for &b in data {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -62,7 +75,11 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     ihdr.extend_from_slice(&h.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
     chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
     chunk(&mut out, b"IEND", &[]);
     out
 }
@@ -79,7 +96,11 @@ fn write_bad_files(dir: &Path) -> Vec<(&'static str, &'static str)> {
     }
     std::fs::write(dir.join("corrupt.jpg"), &corrupt).unwrap();
     // QOI is a real format that `image` recognises but kiln does not build a decoder for.
-    std::fs::write(dir.join("picture.png"), b"qoif\x00\x00\x00\x10\x00\x00\x00\x10\x03\x00rest").unwrap();
+    std::fs::write(
+        dir.join("picture.png"),
+        b"qoif\x00\x00\x00\x10\x00\x00\x00\x10\x03\x00rest",
+    )
+    .unwrap();
     image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
         .save(dir.join("tiny.png"))
         .unwrap();
@@ -100,13 +121,19 @@ fn colour_types_convert_like_pil() {
     // The lossless fixtures hold the pixels PIL decoded from rgb.jpg; photo.bmp is the plainest.
     let reference = decode("photo.bmp").rgb;
     // 16-bit grey is 8-bit grey times 257: it must come back exactly.
-    assert!(decode("gray16.png").rgb == decode("gray.png").rgb, "16-bit grey");
+    assert!(
+        decode("gray16.png").rgb == decode("gray.png").rgb,
+        "16-bit grey"
+    );
     let g = decode("gray.png").rgb;
     assert!(g.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));
     // Alpha is dropped, not composited: the colour under a transparent pixel survives.
     let rgba = decode("rgba.png");
     assert_eq!(rgba.original_color, image::ColorType::Rgba8);
-    assert!(rgba.rgb == reference, "alpha dropped exactly as PIL's convert(\"RGB\")");
+    assert!(
+        rgba.rgb == reference,
+        "alpha dropped exactly as PIL's convert(\"RGB\")"
+    );
     for f in ["palette.png", "palette.gif"] {
         let d = mean_abs_diff(&decode(f).rgb, &reference);
         assert!(d < 4.0, "{f}: {d}");
@@ -116,7 +143,10 @@ fn colour_types_convert_like_pil() {
     let pil = decode("cmyk.pil.png").rgb;
     let d = mean_abs_diff(&cmyk, &pil);
     println!("cmyk.jpg: mean |kiln - PIL| = {d:.3} levels");
-    assert!(d < 2.0, "CMYK conversion differs from PIL by {d} levels on average");
+    assert!(
+        d < 2.0,
+        "CMYK conversion differs from PIL by {d} levels on average"
+    );
     for f in ["photo.webp", "photo.tiff"] {
         assert!(decode(f).rgb == reference, "{f} differs from photo.bmp");
     }
@@ -146,7 +176,16 @@ fn exif_orientation_is_applied() {
 #[test]
 fn good_and_bad_files_in_one_run() {
     let dir = temp_dir("mixed");
-    let good = ["rgb.jpg", "gray.png", "gray16.png", "rgba.png", "palette.png", "cmyk.jpg", "rot6.jpg", "photo.webp"];
+    let good = [
+        "rgb.jpg",
+        "gray.png",
+        "gray16.png",
+        "rgba.png",
+        "palette.png",
+        "cmyk.jpg",
+        "rot6.jpg",
+        "photo.webp",
+    ];
     for f in good {
         std::fs::copy(fixtures().join(f), dir.join(f)).unwrap();
     }
@@ -154,37 +193,74 @@ fn good_and_bad_files_in_one_run() {
     std::fs::write(dir.join("readme.txt"), b"not an image extension: skipped").unwrap();
 
     let out = Command::new(common::kiln_bin())
-        .args(["classify", "--format", "jsonl", "--min-size", "16", "--batch-size", "3"])
+        .args([
+            "classify",
+            "--format",
+            "jsonl",
+            "--min-size",
+            "16",
+            "--batch-size",
+            "3",
+        ])
         .arg(&dir)
         .arg(dir.join("missing.jpg"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "some failed: exit 1; stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "some failed: exit 1; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), good.len() + bad.len() + 1, "one line per image, none for readme.txt");
+    assert_eq!(
+        lines.len(),
+        good.len() + bad.len() + 1,
+        "one line per image, none for readme.txt"
+    );
     // Sorted directory order, then the explicit path.
     let names: Vec<String> = lines
         .iter()
-        .map(|v| Path::new(v["path"].as_str().unwrap()).file_name().unwrap().to_string_lossy().to_string())
+        .map(|v| {
+            Path::new(v["path"].as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_string()
+        })
         .collect();
     let mut sorted = names[..names.len() - 1].to_vec();
     sorted.sort();
     assert_eq!(names[..names.len() - 1], sorted[..]);
     assert_eq!(names.last().unwrap(), "missing.jpg");
     for v in &lines {
-        let name = Path::new(v["path"].as_str().unwrap()).file_name().unwrap().to_string_lossy().to_string();
+        let name = Path::new(v["path"].as_str().unwrap())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
         if let Some((_, reason)) = bad.iter().find(|(b, _)| *b == name) {
-            let err = v["error"].as_str().unwrap_or_else(|| panic!("{name} should fail: {v}"));
+            let err = v["error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name} should fail: {v}"));
             assert!(err.contains(&name), "error names the file: {err}");
-            assert!(err.to_lowercase().contains(reason), "{name}: `{err}` should say `{reason}`");
+            assert!(
+                err.to_lowercase().contains(reason),
+                "{name}: `{err}` should say `{reason}`"
+            );
         } else if name == "missing.jpg" {
             assert!(v["error"].as_str().unwrap().contains("not found"));
         } else {
-            let top: Vec<&str> = v["top"].as_array().unwrap().iter().map(|t| t["label"].as_str().unwrap()).collect();
+            let top: Vec<&str> = v["top"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["label"].as_str().unwrap())
+                .collect();
             assert_eq!(top.len(), 5);
             if name.starts_with("gray") {
                 // Without colour the fish is less certain, but still among the five.
@@ -201,8 +277,21 @@ fn good_and_bad_files_in_one_run() {
 #[test]
 fn exit_codes_and_formats() {
     let rgb = fixtures().join("rgb.jpg");
-    let run = |args: &[&str]| Command::new(common::kiln_bin()).args(args).output().unwrap();
-    let ok = run(&["classify", rgb.to_str().unwrap(), "--format", "csv", "--top-k", "3", "-q"]);
+    let run = |args: &[&str]| {
+        Command::new(common::kiln_bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&[
+        "classify",
+        rgb.to_str().unwrap(),
+        "--format",
+        "csv",
+        "--top-k",
+        "3",
+        "-q",
+    ]);
     assert_eq!(ok.status.code(), Some(0));
     let csv = String::from_utf8(ok.stdout).unwrap();
     let rows: Vec<&str> = csv.lines().collect();
@@ -212,24 +301,70 @@ fn exit_codes_and_formats() {
     assert!(ok.stderr.is_empty(), "--quiet prints nothing on stderr");
 
     // Usage and spec errors: exit 2.
-    assert_eq!(run(&["classify", rgb.to_str().unwrap(), "--no-such-flag"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["classify", rgb.to_str().unwrap(), "--no-such-flag"])
+            .status
+            .code(),
+        Some(2)
+    );
     let contra = run(&["classify", rgb.to_str().unwrap(), "--scale", "symmetric"]);
     assert_eq!(contra.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&contra.stderr).contains("contradicts the training spec"));
-    let forced = run(&["classify", rgb.to_str().unwrap(), "--scale", "symmetric", "--allow-spec-override", "-q"]);
+    let forced = run(&[
+        "classify",
+        rgb.to_str().unwrap(),
+        "--scale",
+        "symmetric",
+        "--allow-spec-override",
+        "-q",
+    ]);
     assert_eq!(forced.status.code(), Some(0));
     let dir = temp_dir("labels");
-    std::fs::write(dir.join("ten.txt"), (0..10).map(|i| format!("c{i}\n")).collect::<String>()).unwrap();
-    let labels = run(&["classify", rgb.to_str().unwrap(), "--labels", dir.join("ten.txt").to_str().unwrap()]);
+    std::fs::write(
+        dir.join("ten.txt"),
+        (0..10).map(|i| format!("c{i}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let labels = run(&[
+        "classify",
+        rgb.to_str().unwrap(),
+        "--labels",
+        dir.join("ten.txt").to_str().unwrap(),
+    ]);
     assert_eq!(labels.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&labels.stderr).contains("10 names but the model has 1000 classes"));
-    assert_eq!(run(&["classify", rgb.to_str().unwrap(), "--model", "resnet9000"]).status.code(), Some(2));
-    assert_eq!(run(&["classify", rgb.to_str().unwrap(), "--threshold", "1.5"]).status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&labels.stderr).contains("10 names but the model has 1000 classes")
+    );
+    assert_eq!(
+        run(&["classify", rgb.to_str().unwrap(), "--model", "resnet9000"])
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        run(&["classify", rgb.to_str().unwrap(), "--threshold", "1.5"])
+            .status
+            .code(),
+        Some(2)
+    );
 
     // Threshold: the table says "uncertain", JSON says "uncertain": true.
-    let unsure = run(&["classify", rgb.to_str().unwrap(), "--threshold", "0.999", "-q"]);
+    let unsure = run(&[
+        "classify",
+        rgb.to_str().unwrap(),
+        "--threshold",
+        "0.999",
+        "-q",
+    ]);
     assert!(String::from_utf8_lossy(&unsure.stdout).contains("uncertain"));
-    let unsure = run(&["classify", rgb.to_str().unwrap(), "--threshold", "0.999", "--format", "jsonl"]);
+    let unsure = run(&[
+        "classify",
+        rgb.to_str().unwrap(),
+        "--threshold",
+        "0.999",
+        "--format",
+        "jsonl",
+    ]);
     let v: Value = serde_json::from_slice(&unsure.stdout).unwrap();
     assert_eq!(v["uncertain"], true);
 }
@@ -247,16 +382,34 @@ fn stdin_globs_and_logging() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let list = format!("{}\n\n{}\n", dir.join("gray.png").display(), dir.join("rgb.jpg").display());
-    child.stdin.take().unwrap().write_all(list.as_bytes()).unwrap();
+    let list = format!(
+        "{}\n\n{}\n",
+        dir.join("gray.png").display(),
+        dir.join("rgb.jpg").display()
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(list.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 2);
-    assert!(stdout.lines().next().unwrap().contains("gray.png"), "input order kept");
+    assert!(
+        stdout.lines().next().unwrap().contains("gray.png"),
+        "input order kept"
+    );
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("decoded=(200, 150)"), "-v logs the decoded size: {log}");
-    assert!(log.contains("input=[1, 3, 224, 224]") && log.contains("output=[1, 1000]"), "{log}");
+    assert!(
+        log.contains("decoded=(200, 150)"),
+        "-v logs the decoded size: {log}"
+    );
+    assert!(
+        log.contains("input=[1, 3, 224, 224]") && log.contains("output=[1, 1000]"),
+        "{log}"
+    );
     assert!(log.contains("confidence="), "{log}");
     assert!(!log.contains("decode_ms"), "stage times only with -vv");
 
@@ -266,7 +419,11 @@ fn stdin_globs_and_logging() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2, "rgb.jpg and rot3.jpg");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        2,
+        "rgb.jpg and rot3.jpg"
+    );
     let log = String::from_utf8_lossy(&out.stderr);
     for stage in ["decode_ms", "preprocess_ms", "forward_ms", "postprocess_ms"] {
         assert!(log.contains(stage), "-vv logs {stage}: {log}");
@@ -289,34 +446,62 @@ fn library_is_thread_safe_and_deterministic() {
     assert_eq!(want.top[0].label, "tench");
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| (0..3).map(|_| c.classify_image(&img, 5).unwrap()).collect::<Vec<_>>()))
+            .map(|_| {
+                s.spawn(|| {
+                    (0..3)
+                        .map(|_| c.classify_image(&img, 5).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     for r in results {
         assert_eq!(r, want, "identical results from every thread");
     }
     // A batch gives the same answer as one at a time.
-    let paths = vec![fixtures().join("rgb.jpg"), fixtures().join("gray.png"), fixtures().join("nope.jpg")];
+    let paths = vec![
+        fixtures().join("rgb.jpg"),
+        fixtures().join("gray.png"),
+        fixtures().join("nope.jpg"),
+    ];
     let batch = c.classify_paths(&paths, 5, 2);
     assert_eq!(batch[0].as_ref().unwrap().top[0].index, want.top[0].index);
     assert!((batch[0].as_ref().unwrap().top[0].prob - want.top[0].prob).abs() < 1e-5);
-    assert!(matches!(&batch[2], Err(RuntimeError::Input(InputError::NotFound { .. }))));
+    assert!(matches!(
+        &batch[2],
+        Err(RuntimeError::Input(InputError::NotFound { .. }))
+    ));
 }
 
 #[test]
 fn tta_modes_average_views() {
     let c = classifier();
     let img = decode("rgb.jpg").rgb;
-    for tta in [Tta::None, Tta::Flip, Tta::FiveCrop, Tta::TenCrop, Tta::MultiScale] {
+    for tta in [
+        Tta::None,
+        Tta::Flip,
+        Tta::FiveCrop,
+        Tta::TenCrop,
+        Tta::MultiScale,
+    ] {
         let opts = RunOptions {
             tta,
             ..Default::default()
         };
-        let p = c.classify_images_with(std::slice::from_ref(&img), &opts).unwrap().remove(0);
+        let p = c
+            .classify_images_with(std::slice::from_ref(&img), &opts)
+            .unwrap()
+            .remove(0);
         assert_eq!(p.top[0].label, "tench", "{tta:?}");
         let sum: f32 = p.top.iter().map(|s| s.prob).sum();
-        assert!(sum <= 1.0 + 1e-4, "averaged probabilities stay a distribution");
+        assert!(
+            sum <= 1.0 + 1e-4,
+            "averaged probabilities stay a distribution"
+        );
     }
     // Flip TTA of a mirror-symmetric image equals no TTA.
     let sym = image::RgbImage::from_fn(256, 256, |x, y| {
@@ -329,7 +514,9 @@ fn tta_modes_average_views() {
         top_k: 3,
         ..Default::default()
     };
-    let b = c.classify_images_with(std::slice::from_ref(&sym), &opts).unwrap();
+    let b = c
+        .classify_images_with(std::slice::from_ref(&sym), &opts)
+        .unwrap();
     // The centre crop of 256 wide is columns 16..240: symmetric about 128 too.
     for (x, y) in a[0].top.iter().zip(&b[0].top) {
         assert_eq!(x.index, y.index);

@@ -412,7 +412,12 @@ fn user_resnet_with_own_classes_through_cli() {
     let views: Vec<(String, TensorView)> = st
         .tensors()
         .into_iter()
-        .map(|(n, v)| (n, TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap()))
+        .map(|(n, v)| {
+            (
+                n,
+                TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap(),
+            )
+        })
         .collect();
     let bare = TempFile::new("user-resnet18-bare");
     safetensors::serialize_to_file(views, None, &bare.0).unwrap();
@@ -425,11 +430,15 @@ fn user_resnet_with_own_classes_through_cli() {
     std::fs::write(dir.join("labels.txt"), names).unwrap();
     std::fs::write(dir.join("five.txt"), "a\nb\nc\nd\ne\n").unwrap();
     let img = dir.join("img.png");
-    image::RgbImage::from_fn(120, 90, |x, y| image::Rgb([x as u8, y as u8, 90])).save(&img).unwrap();
+    image::RgbImage::from_fn(120, 90, |x, y| image::Rgb([x as u8, y as u8, 90]))
+        .save(&img)
+        .unwrap();
 
     let kiln = |extra: &[&str]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
-        c.args(["classify", "--model", "resnet18", "--format", "jsonl", "--top-k", "3"]);
+        c.args([
+            "classify", "--model", "resnet18", "--format", "jsonl", "--top-k", "3",
+        ]);
         c.arg("--weights").arg(&bare.0).arg(&img).args(extra);
         c.output().unwrap()
     };
@@ -437,7 +446,12 @@ fn user_resnet_with_own_classes_through_cli() {
     let spec_arg = spec_arg.to_str().unwrap();
     let labels = dir.join("labels.txt");
     let ok = kiln(&["--spec", spec_arg, "--labels", labels.to_str().unwrap()]);
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let v: Value = serde_json::from_slice(&ok.stdout).unwrap();
     let label = v["top"][0]["label"].as_str().unwrap();
     assert!(label.starts_with("part-"), "{v}");
@@ -452,20 +466,41 @@ fn user_resnet_with_own_classes_through_cli() {
     let bad = kiln(&["--spec", spec_arg, "--labels", five.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("5 names") && err.contains("10 classes"), "{err}");
+    assert!(
+        err.contains("5 names") && err.contains("10 classes"),
+        "{err}"
+    );
     // A spec claiming 1000 classes for a 10-row fc.
-    std::fs::write(dir.join("spec1000.json"), Preset::TorchvisionImagenet.spec("resnet18", 1000).to_json()).unwrap();
+    std::fs::write(
+        dir.join("spec1000.json"),
+        Preset::TorchvisionImagenet.spec("resnet18", 1000).to_json(),
+    )
+    .unwrap();
     let s1000 = dir.join("spec1000.json");
     let bad = kiln(&["--spec", s1000.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("`fc.weight`") && err.contains("10 rows") && err.contains("1000"), "{err}");
+    assert!(
+        err.contains("`fc.weight`") && err.contains("10 rows") && err.contains("1000"),
+        "{err}"
+    );
     // Weights of another architecture.
-    std::fs::write(dir.join("spec50.json"), Preset::TorchvisionImagenet.spec("resnet50", 10).to_json()).unwrap();
+    std::fs::write(
+        dir.join("spec50.json"),
+        Preset::TorchvisionImagenet.spec("resnet50", 10).to_json(),
+    )
+    .unwrap();
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
     let s50 = dir.join("spec50.json");
     let wrong = c
-        .args(["classify", "--model", "resnet50", "--spec", s50.to_str().unwrap(), "--weights"])
+        .args([
+            "classify",
+            "--model",
+            "resnet50",
+            "--spec",
+            s50.to_str().unwrap(),
+            "--weights",
+        ])
         .arg(&bare.0)
         .arg(&img)
         .output()

@@ -112,7 +112,13 @@ impl MobileNetV2 {
             let oup = make_divisible(c as f64 * width_mult, 8);
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
-                blocks.push(InvertedResidual::load(f.pp(blocks.len() + 1), inp, oup, stride, t)?);
+                blocks.push(InvertedResidual::load(
+                    f.pp(blocks.len() + 1),
+                    inp,
+                    oup,
+                    stride,
+                    t,
+                )?);
                 inp = oup;
             }
         }

@@ -50,7 +50,9 @@ pub struct Decoded {
 pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<Decoded, InputError> {
     let source = path.display().to_string();
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => InputError::NotFound { path: source.clone() },
+        std::io::ErrorKind::NotFound => InputError::NotFound {
+            path: source.clone(),
+        },
         std::io::ErrorKind::IsADirectory => InputError::Unreadable {
             path: source.clone(),
             reason: "is a directory".into(),
@@ -64,7 +66,11 @@ pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<Decoded, InputEr
 }
 
 /// Decodes an encoded image held in memory. `source` names it in errors.
-pub fn decode_bytes(bytes: &[u8], source: &str, opts: &DecodeOptions) -> Result<Decoded, InputError> {
+pub fn decode_bytes(
+    bytes: &[u8],
+    source: &str,
+    opts: &DecodeOptions,
+) -> Result<Decoded, InputError> {
     if bytes.is_empty() {
         return Err(InputError::Empty {
             path: source.into(),
@@ -119,7 +125,9 @@ pub fn decode_bytes(bytes: &[u8], source: &str, opts: &DecodeOptions) -> Result<
         .into_decoder()
         .map_err(|e| map_image_error(e, source, format))?;
     let orientation = if opts.apply_exif_orientation {
-        decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms)
+        decoder
+            .orientation()
+            .unwrap_or(image::metadata::Orientation::NoTransforms)
     } else {
         image::metadata::Orientation::NoTransforms
     };
@@ -156,12 +164,20 @@ pub fn to_rgb8(img: DynamicImage) -> RgbImage {
         // Spelled out so that alpha is discarded whatever `image` does with it in conversions.
         DynamicImage::ImageRgba8(rgba) => {
             let (w, h) = rgba.dimensions();
-            let raw = rgba.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+            let raw = rgba
+                .into_raw()
+                .chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect();
             RgbImage::from_raw(w, h, raw).expect("sized")
         }
         DynamicImage::ImageLumaA8(la) => {
             let (w, h) = la.dimensions();
-            let raw = la.into_raw().chunks_exact(2).flat_map(|p| [p[0]; 3]).collect();
+            let raw = la
+                .into_raw()
+                .chunks_exact(2)
+                .flat_map(|p| [p[0]; 3])
+                .collect();
             RgbImage::from_raw(w, h, raw).expect("sized")
         }
         other if other.color().has_alpha() => {
@@ -215,7 +231,10 @@ mod tests {
     #[test]
     fn refuses_bad_bytes_with_reasons() {
         let o = DecodeOptions::default();
-        assert!(matches!(decode_bytes(b"", "a", &o), Err(InputError::Empty { .. })));
+        assert!(matches!(
+            decode_bytes(b"", "a", &o),
+            Err(InputError::Empty { .. })
+        ));
         assert!(matches!(
             decode_bytes(b"hello, this is text", "t.jpg", &o),
             Err(InputError::NotAnImage { .. })
@@ -236,7 +255,11 @@ mod tests {
         };
         assert!(matches!(
             decode_bytes(&png, "s", &small),
-            Err(InputError::TooSmall { width: 40, height: 30, .. })
+            Err(InputError::TooSmall {
+                width: 40,
+                height: 30,
+                ..
+            })
         ));
         let tiny_max = DecodeOptions {
             max_pixels: 1000,
@@ -256,10 +279,17 @@ mod tests {
         assert_eq!(d.rgb.get_pixel(1, 1).0, [77, 77, 77]);
         assert_eq!(d.original_color, image::ColorType::L8);
 
-        let rgba =
-            DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(4, 4, image::Rgba([10, 20, 30, 0])));
+        let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+            4,
+            4,
+            image::Rgba([10, 20, 30, 0]),
+        ));
         let d = decode_bytes(&png_bytes(&rgba), "a", &o).unwrap();
-        assert_eq!(d.rgb.get_pixel(0, 0).0, [10, 20, 30], "alpha is dropped like PIL");
+        assert_eq!(
+            d.rgb.get_pixel(0, 0).0,
+            [10, 20, 30],
+            "alpha is dropped like PIL"
+        );
 
         let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(
             4,

@@ -69,7 +69,9 @@ pub enum InputError {
         reason: String,
     },
     /// Smaller than the configured minimum side.
-    #[error("{path}: image is {width}x{height}, smaller than the minimum side of {min_side} pixels")]
+    #[error(
+        "{path}: image is {width}x{height}, smaller than the minimum side of {min_side} pixels"
+    )]
     TooSmall {
         /// The file or stream name.
         path: String,

@@ -102,9 +102,19 @@ fn coeffs(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
             ww += w;
         }
         for x in 0..ksize {
-            let w = if x < n && ww != 0.0 { k[x] / ww } else if x < n { k[x] } else { 0.0 };
+            let w = if x < n && ww != 0.0 {
+                k[x] / ww
+            } else if x < n {
+                k[x]
+            } else {
+                0.0
+            };
             let f = w * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if w < 0.0 { (-0.5 + f) as i32 } else { (0.5 + f) as i32 };
+            weights[xx * ksize + x] = if w < 0.0 {
+                (-0.5 + f) as i32
+            } else {
+                (0.5 + f) as i32
+            };
         }
         bounds.push((xmin, n));
     }
@@ -195,8 +205,14 @@ mod tests {
             for (i, o) in [(500, 256), (256, 500), (375, 256), (7, 3)] {
                 let c = coeffs(i, o, f);
                 for xx in 0..o {
-                    let s: i64 = c.weights[xx * c.ksize..(xx + 1) * c.ksize].iter().map(|&w| w as i64).sum();
-                    assert!((s - (1 << PRECISION_BITS)).abs() <= c.ksize as i64, "{f:?} {i}->{o} @{xx}: {s}");
+                    let s: i64 = c.weights[xx * c.ksize..(xx + 1) * c.ksize]
+                        .iter()
+                        .map(|&w| w as i64)
+                        .sum();
+                    assert!(
+                        (s - (1 << PRECISION_BITS)).abs() <= c.ksize as i64,
+                        "{f:?} {i}->{o} @{xx}: {s}"
+                    );
                 }
             }
         }

@@ -332,7 +332,11 @@ impl TrainingSpec {
             );
         }
         if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return bad("std", format!("{:?}", self.std), format!("all > 0 (found {s})"));
+            return bad(
+                "std",
+                format!("{:?}", self.std),
+                format!("all > 0 (found {s})"),
+            );
         }
         if self.mean.iter().any(|m| !m.is_finite()) {
             return bad("mean", format!("{:?}", self.mean), "finite values".into());
@@ -385,7 +389,10 @@ impl TrainingSpec {
                             "no larger than the resize ({})",
                             r.shorter_side
                                 .map(|s| format!("shorter side {s}"))
-                                .unwrap_or_else(|| format!("size {:?}", r.size.unwrap_or_default()))
+                                .unwrap_or_else(|| format!(
+                                    "size {:?}",
+                                    r.size.unwrap_or_default()
+                                ))
                         ),
                     );
                 }
@@ -395,7 +402,10 @@ impl TrainingSpec {
                 return bad(
                     "resize.size",
                     format!("{sz:?}"),
-                    format!("equal to input_size {:?} when there is no crop", self.input_size),
+                    format!(
+                        "equal to input_size {:?} when there is no crop",
+                        self.input_size
+                    ),
                 );
             }
         } else {
@@ -457,7 +467,10 @@ mod tests {
         let tf = Preset::KerasTf.spec("x", 1000);
         assert_eq!(tf.scale.apply(0), -1.0);
         assert_eq!(tf.scale.apply(255), 1.0);
-        assert_eq!((tf.mean.clone(), tf.std.clone()), (vec![0.0; 3], vec![1.0; 3]));
+        assert_eq!(
+            (tf.mean.clone(), tf.std.clone()),
+            (vec![0.0; 3], vec![1.0; 3])
+        );
 
         // mode="torch": /255, then ImageNet mean/std.
         let torch = Preset::KerasTorch.spec("x", 1000);
@@ -473,7 +486,10 @@ mod tests {
 
         // TF EfficientNet-Lite: (x - 127) / 128 on 0..255, bicubic.
         let lite = Preset::TfEfficientNetLite.spec("x", 1000);
-        assert_eq!((lite.mean.clone(), lite.std.clone()), (vec![127.0; 3], vec![128.0; 3]));
+        assert_eq!(
+            (lite.mean.clone(), lite.std.clone()),
+            (vec![127.0; 3], vec![128.0; 3])
+        );
         assert_eq!(
             lite.resize.as_ref().unwrap().interpolation,
             Interpolation::Bicubic

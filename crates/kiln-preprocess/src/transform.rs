@@ -39,7 +39,13 @@ pub fn resized_size(w: u32, h: u32, resize: &Resize) -> (u32, u32) {
 /// With `antialias` (PIL's only behaviour, and so torchvision's on PIL images) this is
 /// [`crate::pil::resample`], a bit-exact port of Pillow's fixed-point convolution. Without it
 /// (torchvision's tensor path with `antialias=False`) the filter keeps its fixed support.
-pub fn resize_rgb(img: &RgbImage, w: u32, h: u32, interp: Interpolation, antialias: bool) -> RgbImage {
+pub fn resize_rgb(
+    img: &RgbImage,
+    w: u32,
+    h: u32,
+    interp: Interpolation,
+    antialias: bool,
+) -> RgbImage {
     if img.dimensions() == (w, h) {
         return img.clone();
     }
@@ -52,8 +58,9 @@ pub fn resize_rgb(img: &RgbImage, w: u32, h: u32, interp: Interpolation, antiali
     if let (Some(f), true) = (filter, antialias) {
         return crate::pil::resample(img, w, h, f);
     }
-    let src = fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
-        .expect("buffer matches dimensions");
+    let src =
+        fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
+            .expect("buffer matches dimensions");
     let mut dst = fr::images::Image::new(w, h, fr::PixelType::U8x3);
     let alg = match interp {
         Interpolation::Nearest => fr::ResizeAlg::Nearest,
@@ -292,7 +299,13 @@ mod tta_tests {
             *p = image::Rgb([(x * 255 / 299) as u8, 0, 0]);
         }
         let spec = Preset::TorchvisionImagenet.spec("m", 10);
-        for t in [Tta::None, Tta::Flip, Tta::FiveCrop, Tta::TenCrop, Tta::MultiScale] {
+        for t in [
+            Tta::None,
+            Tta::Flip,
+            Tta::FiveCrop,
+            Tta::TenCrop,
+            Tta::MultiScale,
+        ] {
             let v = tta_views(&img, &spec, t);
             assert_eq!(v.len(), t.views());
             assert!(v.iter().all(|x| x.shape == [3, 224, 224]));

@@ -31,7 +31,11 @@ fn compare(
     let bytes = std::fs::read(dir.join("preprocess.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut rows = vec![];
-    let mut names: Vec<_> = st.names().into_iter().filter(|n| n.starts_with(pipeline)).collect();
+    let mut names: Vec<_> = st
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with(pipeline))
+        .collect();
     names.sort();
     assert_eq!(names.len(), 12, "12 reference photos for {pipeline}");
     for name in names {
@@ -66,15 +70,30 @@ fn check(pipeline: &str, spec: TrainingSpec, unit: [f32; 3]) {
     let rows = compare(pipeline, &spec, unit, false);
     let mut worst = 0f32;
     for (file, max, mean) in &rows {
-        println!("{pipeline} {file}: max |diff| = {:.5} ({:.2}/255), mean = {:.6}", max, max * 255.0, mean);
+        println!(
+            "{pipeline} {file}: max |diff| = {:.5} ({:.2}/255), mean = {:.6}",
+            max,
+            max * 255.0,
+            mean
+        );
         worst = worst.max(*max);
     }
-    println!("{pipeline}: worst element {:.5} in [0,1] units ({:.2}/255)", worst, worst * 255.0);
+    println!(
+        "{pipeline}: worst element {:.5} in [0,1] units ({:.2}/255)",
+        worst,
+        worst * 255.0
+    );
     for (file, max, _) in rows {
-        assert!(max <= 1.0 / 255.0 + 1e-6, "{pipeline}/{file}: {max} > 1/255");
+        assert!(
+            max <= 1.0 / 255.0 + 1e-6,
+            "{pipeline}/{file}: {max} > 1/255"
+        );
         // Stronger than the bar: our resampler is a port of Pillow's fixed-point code, so from
         // identical pixels the result is identical up to float rounding of the normalisation.
-        assert!(max <= 1e-5, "{pipeline}/{file}: {max}: resampling no longer bit-exact with PIL");
+        assert!(
+            max <= 1e-5,
+            "{pipeline}/{file}: {max}: resampling no longer bit-exact with PIL"
+        );
     }
 }
 
@@ -103,11 +122,25 @@ fn jpeg_end_to_end_difference_is_decoder_noise() {
     let rows = compare("torchvision_imagenet", &spec, unit, true);
     let (mut worst, mut mean) = (0f32, 0f32);
     for (file, max, m) in &rows {
-        println!("jpeg {file}: max {:.2}/255, mean {:.3}/255", max * 255.0, m * 255.0);
+        println!(
+            "jpeg {file}: max {:.2}/255, mean {:.3}/255",
+            max * 255.0,
+            m * 255.0
+        );
         worst = worst.max(*max);
         mean += m / rows.len() as f32;
     }
-    println!("jpeg end to end: worst {:.2}/255, mean {:.3}/255", worst * 255.0, mean * 255.0);
-    assert!(mean < 1.0 / 255.0, "mean difference {mean} is more than decoder noise");
-    assert!(worst < 12.0 / 255.0, "worst difference {worst} is more than decoder noise");
+    println!(
+        "jpeg end to end: worst {:.2}/255, mean {:.3}/255",
+        worst * 255.0,
+        mean * 255.0
+    );
+    assert!(
+        mean < 1.0 / 255.0,
+        "mean difference {mean} is more than decoder noise"
+    );
+    assert!(
+        worst < 12.0 / 255.0,
+        "worst difference {worst} is more than decoder noise"
+    );
 }

@@ -6,8 +6,8 @@ use candle_nn::VarBuilder;
 use image::{DynamicImage, RgbImage};
 use kiln_models::ImageModel;
 use kiln_preprocess::{
-    decode_file, preprocess, tta_views, ChannelOrder, DecodeOptions, ImageTensor, Interpolation, Layout, PixelScale,
-    TrainingSpec, Tta,
+    decode_file, preprocess, tta_views, ChannelOrder, DecodeOptions, ImageTensor, Interpolation,
+    Layout, PixelScale, TrainingSpec, Tta,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -171,7 +171,11 @@ impl SpecOverrides {
         if let Some(r) = self.resize {
             let cur = spec.resize.as_ref().and_then(|r| r.shorter_side);
             check("resize", format!("{cur:?}"), format!("{:?}", Some(r)))?;
-            let interp = spec.resize.as_ref().map(|r| r.interpolation).unwrap_or(Interpolation::Bilinear);
+            let interp = spec
+                .resize
+                .as_ref()
+                .map(|r| r.interpolation)
+                .unwrap_or(Interpolation::Bilinear);
             out.resize = Some(kiln_preprocess::Resize {
                 shorter_side: Some(r),
                 size: None,
@@ -180,13 +184,21 @@ impl SpecOverrides {
             });
         }
         if let Some(c) = self.crop {
-            check("center_crop", format!("{:?}", spec.center_crop), format!("{:?}", Some([c, c])))?;
+            check(
+                "center_crop",
+                format!("{:?}", spec.center_crop),
+                format!("{:?}", Some([c, c])),
+            )?;
             out.center_crop = Some([c, c]);
             out.input_size = [c, c];
         }
         if let Some(i) = self.interpolation {
             let cur = spec.resize.as_ref().map(|r| r.interpolation);
-            check("resize.interpolation", format!("{cur:?}"), format!("{:?}", Some(i)))?;
+            check(
+                "resize.interpolation",
+                format!("{cur:?}"),
+                format!("{:?}", Some(i)),
+            )?;
             if let Some(r) = out.resize.as_mut() {
                 r.interpolation = i;
             }
@@ -196,7 +208,11 @@ impl SpecOverrides {
             out.scale = s;
         }
         if let Some(c) = self.channel_order {
-            check("channel_order", format!("{:?}", spec.channel_order), format!("{c:?}"))?;
+            check(
+                "channel_order",
+                format!("{:?}", spec.channel_order),
+                format!("{c:?}"),
+            )?;
             out.channel_order = c;
         }
         out.validate()?;
@@ -350,7 +366,9 @@ impl ClassifierBuilder {
         let labels = match (&self.labels, &spec.labels) {
             (Some(p), _) => read_labels(p)?,
             (None, Some(rel)) => read_labels(&base_dir.join(rel))?,
-            (None, None) => (0..spec.num_classes).map(|i| format!("class {i}")).collect(),
+            (None, None) => (0..spec.num_classes)
+                .map(|i| format!("class {i}"))
+                .collect(),
         };
         if labels.len() != spec.num_classes {
             return Err(RuntimeError::Mismatch(format!(
@@ -471,13 +489,19 @@ impl Classifier {
             }
             flat.extend_from_slice(&t.data);
         }
-        let x = Tensor::from_vec(flat, (batch.len(), shape[0], shape[1], shape[2]), &Device::Cpu)?
-            .to_device(&self.device)?
-            .to_dtype(self.dtype)?;
+        let x = Tensor::from_vec(
+            flat,
+            (batch.len(), shape[0], shape[1], shape[2]),
+            &Device::Cpu,
+        )?
+        .to_device(&self.device)?
+        .to_dtype(self.dtype)?;
         tracing::debug!(input = ?x.dims(), "forward");
         let y = self.model.forward(&x)?;
         tracing::debug!(output = ?y.dims(), "forward done");
-        Ok(y.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?)
+        Ok(y.to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?)
     }
 
     /// Softmax and top-k of one row of logits.
@@ -486,7 +510,12 @@ impl Classifier {
     }
 
     /// Top-k of a probability vector, with the uncertainty threshold applied.
-    pub fn decode_probs(&self, probs: Vec<f32>, top_k: usize, threshold: Option<f32>) -> Prediction {
+    pub fn decode_probs(
+        &self,
+        probs: Vec<f32>,
+        top_k: usize,
+        threshold: Option<f32>,
+    ) -> Prediction {
         let mut idx: Vec<usize> = (0..probs.len()).collect();
         // Ties keep the lower index first, so results are stable across runs and threads.
         idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
@@ -521,7 +550,12 @@ impl Classifier {
         Ok(self.average_views(&self.logits(views)?, per_image, opts))
     }
 
-    fn average_views(&self, logits: &[Vec<f32>], per_image: usize, opts: &RunOptions) -> Vec<Prediction> {
+    fn average_views(
+        &self,
+        logits: &[Vec<f32>],
+        per_image: usize,
+        opts: &RunOptions,
+    ) -> Vec<Prediction> {
         logits
             .chunks(per_image)
             .map(|rows| {
@@ -537,7 +571,11 @@ impl Classifier {
     }
 
     /// Classifies decoded images.
-    pub fn classify_images(&self, images: &[RgbImage], top_k: usize) -> Result<Vec<Prediction>, RuntimeError> {
+    pub fn classify_images(
+        &self,
+        images: &[RgbImage],
+        top_k: usize,
+    ) -> Result<Vec<Prediction>, RuntimeError> {
         let opts = RunOptions {
             top_k,
             ..Default::default()
@@ -546,13 +584,24 @@ impl Classifier {
     }
 
     /// Classifies decoded images with test-time augmentation and a threshold.
-    pub fn classify_images_with(&self, images: &[RgbImage], opts: &RunOptions) -> Result<Vec<Prediction>, RuntimeError> {
-        let views: Vec<ImageTensor> = images.par_iter().flat_map_iter(|i| self.views(i, opts.tta)).collect();
+    pub fn classify_images_with(
+        &self,
+        images: &[RgbImage],
+        opts: &RunOptions,
+    ) -> Result<Vec<Prediction>, RuntimeError> {
+        let views: Vec<ImageTensor> = images
+            .par_iter()
+            .flat_map_iter(|i| self.views(i, opts.tta))
+            .collect();
         self.predict_views(&views, opts.tta.views(), opts)
     }
 
     /// Classifies one in-memory image of any colour type.
-    pub fn classify_image(&self, img: &DynamicImage, top_k: usize) -> Result<Prediction, RuntimeError> {
+    pub fn classify_image(
+        &self,
+        img: &DynamicImage,
+        top_k: usize,
+    ) -> Result<Prediction, RuntimeError> {
         let rgb = kiln_preprocess::to_rgb8(img.clone());
         Ok(self.classify_images(&[rgb], top_k)?.remove(0))
     }
@@ -564,14 +613,21 @@ impl Classifier {
     }
 
     /// Classifies many files; one result per path, in input order. See [`Classifier::classify_stream`].
-    pub fn classify_paths(&self, paths: &[PathBuf], top_k: usize, batch_size: usize) -> Vec<Result<Prediction, RuntimeError>> {
+    pub fn classify_paths(
+        &self,
+        paths: &[PathBuf],
+        top_k: usize,
+        batch_size: usize,
+    ) -> Vec<Result<Prediction, RuntimeError>> {
         let opts = RunOptions {
             top_k,
             batch_size,
             ..Default::default()
         };
         let mut out = Vec::with_capacity(paths.len());
-        self.classify_stream(paths.iter().cloned(), &opts, |o| out.push(o.result.map(|c| c.prediction)));
+        self.classify_stream(paths.iter().cloned(), &opts, |o| {
+            out.push(o.result.map(|c| c.prediction))
+        });
         out
     }
 
@@ -630,7 +686,12 @@ impl Classifier {
         });
     }
 
-    fn finish_batch(&self, prepared: Vec<Prepared>, opts: &RunOptions, on_result: &mut impl FnMut(Outcome)) {
+    fn finish_batch(
+        &self,
+        prepared: Vec<Prepared>,
+        opts: &RunOptions,
+        on_result: &mut impl FnMut(Outcome),
+    ) {
         let per_image = opts.tta.views();
         let views: Vec<ImageTensor> = prepared
             .iter()
@@ -647,7 +708,9 @@ impl Classifier {
         let post_ms = share(ms(t1));
         let mut preds = match preds {
             Ok(p) => p.into_iter().map(Ok).collect::<Vec<_>>(),
-            Err(e) => (0..n_ok).map(|_| Err(RuntimeError::Forward(e.to_string()))).collect(),
+            Err(e) => (0..n_ok)
+                .map(|_| Err(RuntimeError::Forward(e.to_string())))
+                .collect(),
         }
         .into_iter();
         for p in prepared {

@@ -13,9 +13,11 @@ pub fn parse_device(name: &str) -> Result<Device, RuntimeError> {
     let (kind, ordinal) = match name.split_once(':') {
         Some((k, n)) => (
             k.to_string(),
-            n.parse::<usize>().map_err(|_| RuntimeError::Device(format!(
-                "`{name}`: the device index must be a number, as in cuda:0"
-            )))?,
+            n.parse::<usize>().map_err(|_| {
+                RuntimeError::Device(format!(
+                    "`{name}`: the device index must be a number, as in cuda:0"
+                ))
+            })?,
         ),
         None => (name.clone(), 0),
     };
@@ -23,7 +25,9 @@ pub fn parse_device(name: &str) -> Result<Device, RuntimeError> {
         "cpu" => Ok(Device::Cpu),
         "cuda" => open_cuda(ordinal),
         "metal" => open_metal(ordinal),
-        "auto" => Ok(open_cuda(0).or_else(|_| open_metal(0)).unwrap_or(Device::Cpu)),
+        "auto" => Ok(open_cuda(0)
+            .or_else(|_| open_metal(0))
+            .unwrap_or(Device::Cpu)),
         _ => Err(RuntimeError::Device(format!(
             "unknown device `{name}`; use cpu, cuda[:N], metal[:N] or auto"
         ))),
@@ -65,10 +69,19 @@ mod tests {
     fn parses_names() {
         assert!(parse_device("cpu").unwrap().is_cpu());
         assert!(parse_device("auto").is_ok());
-        assert!(parse_device("tpu").unwrap_err().to_string().contains("unknown device"));
-        assert!(parse_device("cuda:x").unwrap_err().to_string().contains("number"));
+        assert!(parse_device("tpu")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown device"));
+        assert!(parse_device("cuda:x")
+            .unwrap_err()
+            .to_string()
+            .contains("number"));
         if !cfg!(feature = "cuda") {
-            assert!(parse_device("cuda:0").unwrap_err().to_string().contains("--features cuda"));
+            assert!(parse_device("cuda:0")
+                .unwrap_err()
+                .to_string()
+                .contains("--features cuda"));
         }
     }
 }

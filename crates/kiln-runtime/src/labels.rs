@@ -20,7 +20,8 @@ pub fn read_labels(path: &Path) -> Result<Vec<String>, RuntimeError> {
 pub fn parse_labels(text: &str) -> Result<Vec<String>, String> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
         return match v {
             serde_json::Value::Array(items) => items
                 .into_iter()
@@ -33,14 +34,22 @@ pub fn parse_labels(text: &str) -> Result<Vec<String>, String> {
             serde_json::Value::Object(map) => {
                 let mut pairs = vec![];
                 for (k, v) in map {
-                    let i: usize = k.trim().parse().map_err(|_| format!("key `{k}` is not a class index"))?;
-                    let name = v.as_str().ok_or_else(|| format!("value for {k} is not a string"))?;
+                    let i: usize = k
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("key `{k}` is not a class index"))?;
+                    let name = v
+                        .as_str()
+                        .ok_or_else(|| format!("value for {k} is not a string"))?;
                     pairs.push((i, name.to_string()));
                 }
                 pairs.sort();
                 for (expect, (i, _)) in pairs.iter().enumerate() {
                     if *i != expect {
-                        return Err(format!("class indices must run 0..{} without gaps; {expect} is missing", pairs.len()));
+                        return Err(format!(
+                            "class indices must run 0..{} without gaps; {expect} is missing",
+                            pairs.len()
+                        ));
                     }
                 }
                 Ok(pairs.into_iter().map(|(_, n)| n).collect())
@@ -72,8 +81,13 @@ mod tests {
         let want = vec!["cat".to_string(), "dog".into(), "hot dog".into()];
         assert_eq!(parse_labels("cat\ndog\nhot dog\n").unwrap(), want);
         assert_eq!(parse_labels("[\"cat\",\"dog\",\"hot dog\"]").unwrap(), want);
-        assert_eq!(parse_labels("{\"2\":\"hot dog\",\"0\":\"cat\",\"1\":\"dog\"}").unwrap(), want);
-        assert!(parse_labels("{\"0\":\"a\",\"2\":\"b\"}").unwrap_err().contains("1 is missing"));
+        assert_eq!(
+            parse_labels("{\"2\":\"hot dog\",\"0\":\"cat\",\"1\":\"dog\"}").unwrap(),
+            want
+        );
+        assert!(parse_labels("{\"0\":\"a\",\"2\":\"b\"}")
+            .unwrap_err()
+            .contains("1 is missing"));
         assert!(parse_labels("").is_err());
     }
 }

@@ -55,7 +55,10 @@ impl RawTensor {
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         let d = &self.data;
         Some(match self.dtype {
-            Dtype::F32 => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F32 => d
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
             Dtype::F16 => d
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -132,7 +135,13 @@ fn unpickle(r: &mut Cursor<&[u8]>) -> Result<Object, String> {
 
 fn read_legacy(bytes: &[u8]) -> Result<Checkpoint, String> {
     // PROTO n, LONG1 10 <magic>, STOP: checked by hand because the number does not fit in an i64.
-    if bytes.len() < 15 || bytes[0] != 0x80 || bytes[2] != 0x8a || bytes[3] != 10 || bytes[4..14] != LEGACY_MAGIC || bytes[14] != b'.' {
+    if bytes.len() < 15
+        || bytes[0] != 0x80
+        || bytes[2] != 0x8a
+        || bytes[3] != 10
+        || bytes[4..14] != LEGACY_MAGIC
+        || bytes[14] != b'.'
+    {
         return Err("neither a zip archive nor the legacy magic number".into());
     }
     let mut r = Cursor::new(bytes);
@@ -167,7 +176,8 @@ fn read_legacy(bytes: &[u8]) -> Result<Checkpoint, String> {
     let mut storages = HashMap::new();
     for key in &keys {
         let mut n = [0u8; 8];
-        r.read_exact(&mut n).map_err(|_| format!("truncated before storage {key}"))?;
+        r.read_exact(&mut n)
+            .map_err(|_| format!("truncated before storage {key}"))?;
         let numel = u64::from_le_bytes(n) as usize;
         let size = elem_size.get(key.as_str()).copied().unwrap_or(1);
         let len = numel.checked_mul(size).ok_or("storage size overflows")?;
@@ -283,7 +293,10 @@ fn tensor_ref(name: &str, v: Object) -> Result<Option<TensorRef>, String> {
         _ => return Ok(None),
     };
     let (callable, args) = match callable {
-        Object::Class { module_name, class_name } if module_name == "torch._utils" && class_name == "_rebuild_parameter" => {
+        Object::Class {
+            module_name,
+            class_name,
+        } if module_name == "torch._utils" && class_name == "_rebuild_parameter" => {
             let mut a = args.tuple().map_err(|o| format!("{name}: {}", short(&o)))?;
             if a.is_empty() {
                 return Err(format!("{name}: empty _rebuild_parameter"));
@@ -296,13 +309,24 @@ fn tensor_ref(name: &str, v: Object) -> Result<Option<TensorRef>, String> {
         c => (c, args),
     };
     match &callable {
-        Object::Class { module_name, class_name } if module_name == "torch._utils" && class_name == "_rebuild_tensor_v2" => {}
-        Object::Class { module_name, class_name } => {
-            return Err(format!("{name}: tensors rebuilt by {module_name}.{class_name} are not supported"))
+        Object::Class {
+            module_name,
+            class_name,
+        } if module_name == "torch._utils" && class_name == "_rebuild_tensor_v2" => {}
+        Object::Class {
+            module_name,
+            class_name,
+        } => {
+            return Err(format!(
+                "{name}: tensors rebuilt by {module_name}.{class_name} are not supported"
+            ))
         }
         _ => return Ok(None),
     }
-    let mut a = args.tuple().map_err(|o| format!("{name}: {}", short(&o)))?.into_iter();
+    let mut a = args
+        .tuple()
+        .map_err(|o| format!("{name}: {}", short(&o)))?
+        .into_iter();
     let (storage, offset, size, stride) = match (a.next(), a.next(), a.next(), a.next()) {
         (Some(s), Some(o), Some(sz), Some(st)) => (s, o, sz, st),
         _ => return Err(format!("{name}: _rebuild_tensor_v2 with too few arguments")),
@@ -311,11 +335,17 @@ fn tensor_ref(name: &str, v: Object) -> Result<Option<TensorRef>, String> {
         Object::PersistentLoad(p) => *p,
         o => return Err(format!("{name}: storage is {}", short(&o))),
     };
-    let mut pid = pid.tuple().map_err(|o| format!("{name}: storage id {}", short(&o)))?.into_iter();
+    let mut pid = pid
+        .tuple()
+        .map_err(|o| format!("{name}: storage id {}", short(&o)))?
+        .into_iter();
     let _tag = pid.next();
-    let class = pid.next().ok_or(format!("{name}: storage id without type"))?;
+    let class = pid
+        .next()
+        .ok_or(format!("{name}: storage id without type"))?;
     let dtype = match class {
-        Object::Class { class_name, .. } => storage_dtype(&class_name).ok_or_else(|| format!("{name}: unsupported storage type {class_name}"))?,
+        Object::Class { class_name, .. } => storage_dtype(&class_name)
+            .ok_or_else(|| format!("{name}: unsupported storage type {class_name}"))?,
         o => return Err(format!("{name}: storage type {}", short(&o))),
     };
     let key = pid
@@ -329,7 +359,9 @@ fn tensor_ref(name: &str, v: Object) -> Result<Option<TensorRef>, String> {
         Some(Object::Tuple(v)) if v.len() >= 2 => v[1].clone().int_or_long().unwrap_or(0) as usize,
         _ => 0,
     };
-    let offset = offset.int_or_long().map_err(|o| format!("{name}: offset {}", short(&o)))? as usize;
+    let offset = offset
+        .int_or_long()
+        .map_err(|o| format!("{name}: offset {}", short(&o)))? as usize;
     let shape = usizes(size, "size", name)?;
     let stride = usizes(stride, "stride", name)?;
     if shape.len() != stride.len() {
@@ -369,7 +401,8 @@ fn materialise(
 ) -> Result<Vec<(String, RawTensor)>, String> {
     let mut out = Vec::with_capacity(refs.len());
     for t in refs {
-        let data = storage(&t.storage_key).ok_or_else(|| format!("{}: storage {} is missing", t.name, t.storage_key))?;
+        let data = storage(&t.storage_key)
+            .ok_or_else(|| format!("{}: storage {} is missing", t.name, t.storage_key))?;
         let es = t.dtype.bitsize() / 8;
         let numel: usize = t.shape.iter().product();
         let base = t.view_offset + t.offset;
@@ -381,7 +414,12 @@ fn materialise(
             .sum::<usize>()
             + base;
         if numel > 0 && (last + 1) * es > data.len() {
-            return Err(format!("{}: reaches element {} of a storage of {}", t.name, last, data.len() / es));
+            return Err(format!(
+                "{}: reaches element {} of a storage of {}",
+                t.name,
+                last,
+                data.len() / es
+            ));
         }
         let mut bytes = Vec::with_capacity(numel * es);
         let contiguous = {

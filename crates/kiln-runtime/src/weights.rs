@@ -27,15 +27,17 @@ impl WeightFile {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| RuntimeError::Weights {
-            path: path.display().to_string(),
-            reason: format!("not a safetensors file: {e}"),
-        })?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| RuntimeError::Weights {
+                path: path.display().to_string(),
+                reason: format!("not a safetensors file: {e}"),
+            })?;
         let metadata = meta.metadata().clone().unwrap_or_default();
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| RuntimeError::Weights {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| RuntimeError::Weights {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         let mut tensors: Vec<_> = st
             .tensors()
             .into_iter()
@@ -62,18 +64,27 @@ impl WeightFile {
 
     /// Shape of a tensor by name.
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.tensors.iter().find(|t| t.0 == name).map(|t| t.1.as_slice())
+        self.tensors
+            .iter()
+            .find(|t| t.0 == name)
+            .map(|t| t.1.as_slice())
     }
 
     /// Total number of elements over all tensors.
     pub fn parameter_count(&self) -> usize {
-        self.tensors.iter().map(|t| t.1.iter().product::<usize>()).sum()
+        self.tensors
+            .iter()
+            .map(|t| t.1.iter().product::<usize>())
+            .sum()
     }
 }
 
 /// `weights/foo.safetensors` → `weights/foo.spec.json`.
 pub fn sidecar_spec_path(weights: &Path) -> PathBuf {
-    let stem = weights.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let stem = weights
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
     weights.with_file_name(format!("{stem}.spec.json"))
 }
 
@@ -109,7 +120,11 @@ pub fn resolve_spec(
     explicit: Option<&Path>,
 ) -> Result<Option<(TrainingSpec, SpecOrigin, PathBuf)>, RuntimeError> {
     let mut found: Vec<(TrainingSpec, SpecOrigin, PathBuf)> = vec![];
-    let dir = weights.path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = weights
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     if let Some(s) = weights.embedded_spec()? {
         found.push((s, SpecOrigin::Embedded(weights.path.clone()), dir.clone()));
     }
@@ -124,17 +139,27 @@ pub fn resolve_spec(
         found.push((s, SpecOrigin::Explicit(p.to_path_buf()), d));
     }
     let mut it = found.into_iter();
-    let Some(first) = it.next() else { return Ok(None) };
+    let Some(first) = it.next() else {
+        return Ok(None);
+    };
     for other in it {
-        first.0.check_agrees(&other.0, &other.1.to_string()).map_err(|e| match e {
-            SpecError::Disagree { field, ours, other_name, theirs } => RuntimeError::Spec(SpecError::Disagree {
-                field,
-                ours: format!("{ours} ({})", first.1),
-                other_name,
-                theirs,
-            }),
-            e => RuntimeError::Spec(e),
-        })?;
+        first
+            .0
+            .check_agrees(&other.0, &other.1.to_string())
+            .map_err(|e| match e {
+                SpecError::Disagree {
+                    field,
+                    ours,
+                    other_name,
+                    theirs,
+                } => RuntimeError::Spec(SpecError::Disagree {
+                    field,
+                    ours: format!("{ours} ({})", first.1),
+                    other_name,
+                    theirs,
+                }),
+                e => RuntimeError::Spec(e),
+            })?;
     }
     Ok(Some(first))
 }
@@ -154,7 +179,11 @@ pub struct ConvertReport {
 
 /// Converts a PyTorch checkpoint (zip or legacy) to safetensors, dropping `num_batches_tracked`
 /// and embedding `spec` (validated) under `kiln.spec`.
-pub fn convert_pth(input: &Path, output: &Path, spec: Option<&TrainingSpec>) -> Result<ConvertReport, RuntimeError> {
+pub fn convert_pth(
+    input: &Path,
+    output: &Path,
+    spec: Option<&TrainingSpec>,
+) -> Result<ConvertReport, RuntimeError> {
     let ckpt = read_pth(input)?;
     let mut dropped = vec![];
     let mut kept = vec![];
@@ -169,7 +198,10 @@ pub fn convert_pth(input: &Path, output: &Path, spec: Option<&TrainingSpec>) -> 
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(
         "kiln.converted_from".to_string(),
-        input.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default(),
+        input
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default(),
     );
     if let Some(spec) = spec {
         spec.validate()?;
@@ -180,7 +212,10 @@ pub fn convert_pth(input: &Path, output: &Path, spec: Option<&TrainingSpec>) -> 
         format: ckpt.format,
         tensors: kept.len(),
         dropped,
-        parameters: kept.iter().map(|(_, t)| t.shape.iter().product::<usize>()).sum(),
+        parameters: kept
+            .iter()
+            .map(|(_, t)| t.shape.iter().product::<usize>())
+            .sum(),
     })
 }
 
@@ -200,13 +235,20 @@ pub fn write_safetensors(
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
         let m: BTreeMap<_, _> = metadata.iter().collect();
-        header.insert("__metadata__".into(), serde_json::to_value(m).expect("strings serialise"));
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(m).expect("strings serialise"),
+        );
     }
     let mut offset = 0usize;
     for (name, t) in &sorted {
         let expected = t.shape.iter().product::<usize>() * t.dtype.bitsize() / 8;
         if expected != t.data.len() {
-            return Err(fail(format!("{name}: {} bytes for shape {:?}", t.data.len(), t.shape)));
+            return Err(fail(format!(
+                "{name}: {} bytes for shape {:?}",
+                t.data.len(),
+                t.shape
+            )));
         }
         header.insert(
             name.clone(),
@@ -219,7 +261,9 @@ pub fn write_safetensors(
         offset += t.data.len();
     }
     // serde_json's map keeps keys sorted (no preserve_order feature), so the text is canonical.
-    let mut text = serde_json::to_string(&header).expect("header serialises").into_bytes();
+    let mut text = serde_json::to_string(&header)
+        .expect("header serialises")
+        .into_bytes();
     while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
