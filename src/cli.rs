@@ -603,7 +603,21 @@ fn error_text(path: &Path, e: &RuntimeError) -> String {
     }
 }
 
+/// Appends a line to a `String` (writing to a `String` cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Prints to stdout, ignoring a closed pipe (`kiln inspect f | head`) instead of panicking.
+fn print_out(text: &str) {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 fn convert(a: ConvertArgs) -> Result<(), Failure> {
+    let mut out = String::new();
     let spec = a
         .spec
         .as_deref()
@@ -611,7 +625,7 @@ fn convert(a: ConvertArgs) -> Result<(), Failure> {
         .transpose()
         .map_err(RuntimeError::from)?;
     let report = kiln_runtime::convert_pth(&a.input, &a.output, spec.as_ref())?;
-    println!(
+    outln!(out, 
         "{} ({:?} format) -> {}: {} tensors, {} parameters{}{}",
         a.input.display(),
         report.format,
@@ -629,20 +643,22 @@ fn convert(a: ConvertArgs) -> Result<(), Failure> {
             ""
         }
     );
+    print_out(&out);
     Ok(())
 }
 
 fn inspect(a: InspectArgs) -> Result<(), Failure> {
+    let mut out = String::new();
     let file = WeightFile::read(&a.file)?;
     let resolved = kiln_runtime::resolve_spec(&file, None)?;
     let mut dtypes: Vec<String> = file.tensors.iter().map(|t| format!("{:?}", t.2)).collect();
     dtypes.sort();
     dtypes.dedup();
-    println!("file:          {}", a.file.display());
+    outln!(out, "file:          {}", a.file.display());
     match &resolved {
         Some((spec, origin, _)) => {
             let entry = kiln_models::find(&spec.architecture).ok();
-            println!(
+            outln!(out, 
                 "architecture:  {}{}",
                 spec.architecture,
                 entry
@@ -650,24 +666,25 @@ fn inspect(a: InspectArgs) -> Result<(), Failure> {
                     .unwrap_or_else(|| " (not registered)".into())
             );
             if !spec.arch_params.is_empty() {
-                println!(
+                outln!(out, 
                     "arch params:   {}",
                     serde_json::to_string(&spec.arch_params).unwrap_or_default()
                 );
             }
-            println!("classes:       {}", spec.num_classes);
-            println!("spec from:     {origin}");
+            outln!(out, "classes:       {}", spec.num_classes);
+            outln!(out, "spec from:     {origin}");
         }
-        None => println!("architecture:  unknown (no training spec embedded or beside the file)"),
+        None => outln!(out, "architecture:  unknown (no training spec embedded or beside the file)"),
     }
-    println!("parameters:    {}", file.parameter_count());
-    println!("tensors:       {}", file.tensors.len());
-    println!("dtype:         {}", dtypes.join(", "));
+    outln!(out, "parameters:    {}", file.parameter_count());
+    outln!(out, "tensors:       {}", file.tensors.len());
+    outln!(out, "dtype:         {}", dtypes.join(", "));
     if let Some(src) = file.metadata.get("kiln.converted_from") {
-        println!("converted from: {src}");
+        outln!(out, "converted from: {src}");
     }
     if let Some((spec, _, _)) = resolved {
-        println!("spec:\n{}", spec.to_json());
+        outln!(out, "spec:\n{}", spec.to_json());
     }
+    print_out(&out);
     Ok(())
 }
