@@ -41,18 +41,22 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Classify images (files or directories) and print the top classes.
-    Classify(ClassifyArgs),
+    Classify(Box<ClassifyArgs>),
     /// Convert a PyTorch checkpoint (.pth, zip or legacy format) to safetensors.
     Convert(ConvertArgs),
-    /// Describe a weights file: architecture, parameters, dtype, embedded spec.
+    /// Describe a weights file or hub model: architecture, parameters, dtype, origin, spec.
     Inspect(InspectArgs),
+    /// Convert a hub config (timm config.json, Hugging Face preprocessor_config.json) to a kiln spec.
+    Spec(SpecArgs),
     /// Time forward passes on synthetic input: latency percentiles and images/s.
     Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Architecture name (e.g. mobilenet_v2, resnet50); with no --weights, its shipped weights.
+    /// Architecture name (e.g. mobilenet_v2, resnet50; with no --weights, its shipped weights),
+    /// or a hub model `hf:OWNER/REPO[@REVISION]` (downloaded through the Hugging Face cache;
+    /// HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE apply).
     #[arg(long)]
     model: Option<String>,
     /// A safetensors weights file.
@@ -186,8 +190,31 @@ struct ConvertArgs {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// A safetensors weights file.
+    /// A safetensors weights file, or a hub model `hf:OWNER/REPO[@REVISION]`.
     file: PathBuf,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum HubFormatArg {
+    /// timm's config.json (pretrained_cfg).
+    Timm,
+    /// Hugging Face preprocessor_config.json (+ config.json beside it).
+    Hf,
+}
+
+#[derive(Args)]
+struct SpecArgs {
+    /// Which hub's conventions FILE follows.
+    #[arg(long)]
+    from: HubFormatArg,
+    /// The config file (or, for hf, the directory holding both config files).
+    file: PathBuf,
+    /// Write the spec here instead of stdout.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+    /// Also write the config's class names here, one per line.
+    #[arg(long)]
+    labels_out: Option<PathBuf>,
 }
 
 /// A failure that maps to an exit code.
@@ -211,9 +238,10 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
-        Command::Classify(a) => classify(a),
+        Command::Classify(a) => classify(*a),
         Command::Convert(a) => convert(a).map(|_| EXIT_OK),
         Command::Inspect(a) => inspect(a).map(|_| EXIT_OK),
+        Command::Spec(a) => spec_from_hub(a).map(|_| EXIT_OK),
         Command::Bench(a) => crate::bench::run(a)
             .map(|_| EXIT_OK)
             .map_err(Failure::Usage),
@@ -261,7 +289,17 @@ fn build_classifier(
     let device = parse_device(&m.device)?;
     let mut b = Classifier::builder().device(device).decode_options(decode);
     if let Some(x) = &m.model {
-        b = b.model(x);
+        if kiln_runtime::hub::is_hub_ref(x) {
+            if m.weights.is_some() || m.preset.is_some() {
+                return Err(anyhow::anyhow!(
+                    "--model {x} brings its own weights and spec; drop --weights/--preset"
+                )
+                .into());
+            }
+            b = resolve_hub(x)?.apply_to(b);
+        } else {
+            b = b.model(x);
+        }
     }
     if let Some(x) = &m.weights {
         b = b.weights(x);
@@ -308,6 +346,16 @@ fn build_classifier(
         tracing::warn!("preprocessing overrides that contradict the training spec are allowed; accuracy may suffer");
     }
     Ok(b.overrides(overrides, o.allow_spec_override).build()?)
+}
+
+fn resolve_hub(reference: &str) -> Result<kiln_runtime::HubModel> {
+    let mut opts = kiln_runtime::HubOptions::from_env();
+    opts.progress = std::io::stderr().is_terminal();
+    let model = kiln_runtime::hub::resolve(reference, &opts)?;
+    for f in &model.downloaded {
+        tracing::info!(file = %f, "downloaded from {reference}");
+    }
+    Ok(model)
 }
 
 fn classifier_rows(weights: &Path, arch: &str) -> Result<usize> {
@@ -616,6 +664,29 @@ fn print_out(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
+fn spec_from_hub(a: SpecArgs) -> Result<(), Failure> {
+    let format = match a.from {
+        HubFormatArg::Timm => kiln_preprocess::hubspec::HubFormat::Timm,
+        HubFormatArg::Hf => kiln_preprocess::hubspec::HubFormat::Transformers,
+    };
+    let hub = kiln_preprocess::hubspec::spec_from_hub_files(format, &a.file)
+        .map_err(RuntimeError::from)?;
+    let json = hub.spec.to_json() + "\n";
+    match &a.out {
+        Some(p) => std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?,
+        None => print_out(&json),
+    }
+    if let Some(p) = &a.labels_out {
+        let names = hub
+            .labels
+            .as_ref()
+            .with_context(|| format!("{} names no classes", a.file.display()))?;
+        std::fs::write(p, names.join("\n") + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
 fn convert(a: ConvertArgs) -> Result<(), Failure> {
     let mut out = String::new();
     let spec = a
@@ -625,7 +696,8 @@ fn convert(a: ConvertArgs) -> Result<(), Failure> {
         .transpose()
         .map_err(RuntimeError::from)?;
     let report = kiln_runtime::convert_pth(&a.input, &a.output, spec.as_ref())?;
-    outln!(out, 
+    outln!(
+        out,
         "{} ({:?} format) -> {}: {} tensors, {} parameters{}{}",
         a.input.display(),
         report.format,
@@ -649,8 +721,28 @@ fn convert(a: ConvertArgs) -> Result<(), Failure> {
 
 fn inspect(a: InspectArgs) -> Result<(), Failure> {
     let mut out = String::new();
-    let file = WeightFile::read(&a.file)?;
-    let resolved = kiln_runtime::resolve_spec(&file, None)?;
+    let arg = a.file.to_string_lossy().to_string();
+    let (file, resolved) = if kiln_runtime::hub::is_hub_ref(&arg) {
+        let hub = resolve_hub(&arg)?;
+        outln!(
+            out,
+            "model:         {arg} ({:?} conventions, hub architecture {})",
+            hub.format,
+            hub.hub_architecture
+        );
+        outln!(out, "commit:        {}", hub.commit);
+        let file = WeightFile::read(&hub.weights_path)?;
+        let spec = (
+            hub.spec.clone(),
+            kiln_runtime::SpecOrigin::Given(hub.origin.clone()),
+            PathBuf::new(),
+        );
+        (file, Some(spec))
+    } else {
+        let file = WeightFile::read(&a.file)?;
+        let resolved = kiln_runtime::resolve_spec(&file, None)?;
+        (file, resolved)
+    };
     let mut dtypes: Vec<String> = file.tensors.iter().map(|t| format!("{:?}", t.2)).collect();
     dtypes.sort();
     dtypes.dedup();
@@ -658,7 +750,8 @@ fn inspect(a: InspectArgs) -> Result<(), Failure> {
     match &resolved {
         Some((spec, origin, _)) => {
             let entry = kiln_models::find(&spec.architecture).ok();
-            outln!(out, 
+            outln!(
+                out,
                 "architecture:  {}{}",
                 spec.architecture,
                 entry
@@ -666,7 +759,8 @@ fn inspect(a: InspectArgs) -> Result<(), Failure> {
                     .unwrap_or_else(|| " (not registered)".into())
             );
             if !spec.arch_params.is_empty() {
-                outln!(out, 
+                outln!(
+                    out,
                     "arch params:   {}",
                     serde_json::to_string(&spec.arch_params).unwrap_or_default()
                 );
@@ -674,7 +768,10 @@ fn inspect(a: InspectArgs) -> Result<(), Failure> {
             outln!(out, "classes:       {}", spec.num_classes);
             outln!(out, "spec from:     {origin}");
         }
-        None => outln!(out, "architecture:  unknown (no training spec embedded or beside the file)"),
+        None => outln!(
+            out,
+            "architecture:  unknown (no training spec embedded or beside the file)"
+        ),
     }
     outln!(out, "parameters:    {}", file.parameter_count());
     outln!(out, "tensors:       {}", file.tensors.len());

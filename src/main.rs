@@ -3,6 +3,7 @@
 //! The binary only parses arguments, calls the libraries and prints; every decision about
 //! images, specs and models lives in `kiln-preprocess`, `kiln-models` and `kiln-runtime`.
 
+mod bench;
 mod cli;
 
 use std::process::ExitCode;

@@ -3,8 +3,16 @@
 //! Batch norm never exists at run time: [`ConvBn::load`] folds the running statistics and affine
 //! parameters into the convolution's weight and bias as the weights are loaded, so a model cannot
 //! be run in "training mode" by construction.
+//!
+//! On CPU in f32, [`ConvBn`] runs kiln's own kernels ([`kiln_kernels::Conv2d`]: 1×1 as GEMM,
+//! im2col + GEMM, native depthwise, bias / residual / activation fused into the output pass),
+//! with the weights packed once at load. Every other device and dtype uses candle's ops.
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use std::sync::Arc;
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D,
+};
 use candle_nn::VarBuilder;
 
 /// Activation fused after a convolution.
@@ -48,7 +56,13 @@ pub struct ConvGeom {
 
 impl ConvGeom {
     /// A convolution padded symmetrically by `kernel / 2`, as torchvision builds them.
-    pub fn same_torch(cin: usize, cout: usize, kernel: usize, stride: usize, groups: usize) -> Self {
+    pub fn same_torch(
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+    ) -> Self {
         let p = (kernel - 1) / 2;
         Self {
             cin,
@@ -61,6 +75,29 @@ impl ConvGeom {
     }
 }
 
+impl From<Act> for kiln_kernels::Activation {
+    fn from(a: Act) -> Self {
+        match a {
+            Act::None => kiln_kernels::Activation::None,
+            Act::Relu => kiln_kernels::Activation::Relu,
+            Act::Relu6 => kiln_kernels::Activation::Relu6,
+        }
+    }
+}
+
+impl From<ConvGeom> for kiln_kernels::ConvShape {
+    fn from(g: ConvGeom) -> Self {
+        Self {
+            cin: g.cin,
+            cout: g.cout,
+            kernel: g.kernel,
+            stride: g.stride,
+            groups: g.groups,
+            pad: g.pad,
+        }
+    }
+}
+
 /// A convolution with its batch norm folded in, a bias, and a fused activation.
 #[derive(Debug, Clone)]
 pub struct ConvBn {
@@ -68,13 +105,21 @@ pub struct ConvBn {
     bias: Tensor,
     geom: ConvGeom,
     act: Act,
+    /// The weights packed for kiln's CPU kernels, when they are f32 on the CPU.
+    packed: Option<Arc<kiln_kernels::Conv2d>>,
 }
 
 impl ConvBn {
     /// Loads `conv.weight` (and `conv.bias` if present) and the batch norm at `bn`, and folds
     /// them: `w' = w * g / sqrt(var + eps)`, `b' = (b - mean) * g / sqrt(var + eps) + beta`.
     /// The folding is done in f64 so that it adds no rounding beyond the final f32 cast.
-    pub fn load(conv: VarBuilder, bn: VarBuilder, geom: ConvGeom, eps: f64, act: Act) -> Result<Self> {
+    pub fn load(
+        conv: VarBuilder,
+        bn: VarBuilder,
+        geom: ConvGeom,
+        eps: f64,
+        act: Act,
+    ) -> Result<Self> {
         let wshape = (geom.cout, geom.cin / geom.groups, geom.kernel, geom.kernel);
         let dtype = conv.dtype();
         let w = conv.get(wshape, "weight")?.to_dtype(DType::F64)?;
@@ -84,7 +129,12 @@ impl ConvBn {
             None
         };
         let get = |n: &str| bn.get(geom.cout, n).and_then(|t| t.to_dtype(DType::F64));
-        let (gamma, beta, mean, var) = (get("weight")?, get("bias")?, get("running_mean")?, get("running_var")?);
+        let (gamma, beta, mean, var) = (
+            get("weight")?,
+            get("bias")?,
+            get("running_mean")?,
+            get("running_var")?,
+        );
         let scale = (gamma / (var + eps)?.sqrt()?)?;
         let weight = w.broadcast_mul(&scale.reshape((geom.cout, 1, 1, 1))?)?;
         let shifted = match b {
@@ -92,12 +142,7 @@ impl ConvBn {
             None => mean.neg()?,
         };
         let bias = ((shifted * &scale)? + beta)?;
-        Ok(Self {
-            weight: weight.to_dtype(dtype)?,
-            bias: bias.to_dtype(dtype)?,
-            geom,
-            act,
-        })
+        Self::new(weight.to_dtype(dtype)?, bias.to_dtype(dtype)?, geom, act)
     }
 
     /// A plain convolution (no batch norm) with optional bias.
@@ -109,11 +154,29 @@ impl ConvBn {
         } else {
             Tensor::zeros(geom.cout, conv.dtype(), conv.device())?
         };
+        Self::new(weight, bias, geom, act)
+    }
+
+    /// Packs the weights for the CPU kernels when they are f32 on the CPU.
+    fn new(weight: Tensor, bias: Tensor, geom: ConvGeom, act: Act) -> Result<Self> {
+        let packed = if weight.device().is_cpu() && weight.dtype() == DType::F32 {
+            let w = weight.flatten_all()?.to_vec1::<f32>()?;
+            let b = bias.to_vec1::<f32>()?;
+            Some(Arc::new(kiln_kernels::Conv2d::new(
+                geom.into(),
+                &w,
+                Some(&b),
+                act.into(),
+            )))
+        } else {
+            None
+        };
         Ok(Self {
             weight,
             bias,
             geom,
             act,
+            packed,
         })
     }
 
@@ -144,6 +207,22 @@ impl ConvBn {
 
     /// Convolution, bias, an optional residual added before the activation, and the activation.
     pub fn forward_with_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(k) = &self.packed {
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                let op = KernelConv(k);
+                let x = x.contiguous()?;
+                return match residual {
+                    None => x.apply_op1_no_bwd(&op),
+                    Some(r) => x.apply_op2_no_bwd(&r.to_dtype(DType::F32)?.contiguous()?, &op),
+                };
+            }
+        }
+        self.forward_candle(x, residual)
+    }
+
+    /// The same with candle's own ops: every device and dtype, and the reference the kernels are
+    /// tested against.
+    pub fn forward_candle(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let g = self.geom;
         let [t, b, l, r] = g.pad;
         let (x, pad) = if t == b && l == r && t == l {
@@ -158,6 +237,74 @@ impl ConvBn {
             None => y,
         };
         self.act.apply(&y)
+    }
+}
+
+/// [`ConvBn`] on kiln's CPU kernels, as a candle custom op (input, and the residual as second
+/// operand).
+struct KernelConv<'a>(&'a kiln_kernels::Conv2d);
+
+impl KernelConv<'_> {
+    fn run(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        res: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = xl.shape().dims4()?;
+        let s = self.0.shape();
+        if c != s.cin {
+            candle_core::bail!("conv expects {} input channels, got {c}", s.cin)
+        }
+        let out_dims = self.0.out_dims(n, h, w);
+        let xs = contiguous_f32(x, xl, "input")?;
+        let rs = match res {
+            Some((r, rl)) => {
+                if rl.dims() != out_dims {
+                    candle_core::bail!(
+                        "residual {:?} does not match the conv output {out_dims:?}",
+                        rl.dims()
+                    )
+                }
+                Some(contiguous_f32(r, rl, "residual")?)
+            }
+            None => None,
+        };
+        let y = self.0.forward(xs, n, h, w, rs);
+        Ok((CpuStorage::F32(y), Shape::from(out_dims.to_vec())))
+    }
+}
+
+/// The f32 elements of a contiguous layout.
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("conv kernel: {what} is not contiguous"),
+    }
+}
+
+impl CustomOp1 for KernelConv<'_> {
+    fn name(&self) -> &'static str {
+        "kiln-conv2d"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(s, l, None)
+    }
+}
+
+impl CustomOp2 for KernelConv<'_> {
+    fn name(&self) -> &'static str {
+        "kiln-conv2d-residual"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(s1, l1, Some((s2, l2)))
     }
 }
 
@@ -214,7 +361,137 @@ fn prefix(vb: &VarBuilder) -> String {
     }
 }
 
+/// Runs `model` on a batch. On the CPU in f32 with more than one image, the images are spread
+/// over the threads of the current rayon pool, each computed start to finish by one thread with
+/// its kernels serial ([`kiln_kernels::serial`]): no fork-join per layer, and each thread's
+/// activations stay in its own cache. Otherwise (one image, other devices and dtypes) it is
+/// `model.forward(x)`, with the kernels parallel inside each layer.
+pub fn forward_batch(model: &dyn crate::ImageModel, x: &Tensor) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    let threads = kiln_kernels::current_threads();
+    if n < 2 || threads < 2 || !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return model.forward(x);
+    }
+    use rayon::prelude::*;
+    let outs = (0..n)
+        .into_par_iter()
+        .with_max_len(1)
+        .map(|i| kiln_kernels::serial(|| model.forward(&x.narrow(0, i, 1)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&outs, 0)
+}
+
 /// Global average pooling `[n, c, h, w] -> [n, c]`.
 pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     x.mean(D::Minus1)?.mean(D::Minus1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The CPU kernels against candle's ops, for the geometries the model files build.
+    #[test]
+    fn kernels_match_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        let cases = [
+            (ConvGeom::same_torch(3, 16, 3, 2, 1), Act::Relu6, false),
+            (ConvGeom::same_torch(16, 16, 3, 1, 16), Act::Relu6, false),
+            (ConvGeom::same_torch(24, 24, 3, 2, 24), Act::Relu6, false),
+            (
+                ConvGeom {
+                    pad: [0, 1, 0, 1],
+                    ..ConvGeom::same_torch(24, 24, 3, 2, 24)
+                },
+                Act::Relu6,
+                false,
+            ),
+            (
+                ConvGeom {
+                    pad: [1, 2, 1, 2],
+                    ..ConvGeom::same_torch(24, 24, 5, 2, 24)
+                },
+                Act::None,
+                false,
+            ),
+            (ConvGeom::same_torch(16, 24, 1, 1, 1), Act::None, true),
+            (ConvGeom::same_torch(16, 32, 1, 2, 1), Act::None, false),
+            (ConvGeom::same_torch(3, 8, 7, 2, 1), Act::Relu, false),
+            (ConvGeom::same_torch(16, 16, 3, 1, 4), Act::Relu, true),
+        ];
+        for (g, act, with_res) in cases {
+            let w = Tensor::randn(
+                0f32,
+                0.3,
+                (g.cout, g.cin / g.groups, g.kernel, g.kernel),
+                &dev,
+            )?;
+            let b = Tensor::randn(0f32, 0.3, g.cout, &dev)?;
+            let conv = ConvBn::new(w, b, g, act)?;
+            assert!(conv.packed.is_some());
+            let x = Tensor::randn(0f32, 1.0, (2, g.cin, 17, 15), &dev)?;
+            let y0 = conv.forward_candle(&x, None)?;
+            let res = if with_res {
+                Some(Tensor::randn(0f32, 1.0, y0.shape(), &dev)?)
+            } else {
+                None
+            };
+            let want = conv.forward_candle(&x, res.as_ref())?;
+            let got = conv.forward_with_residual(&x, res.as_ref())?;
+            assert_eq!(got.dims(), want.dims(), "{g:?}");
+            let diff = (got - &want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "{g:?}: max diff {diff}");
+        }
+        Ok(())
+    }
+
+    struct Tiny(ConvBn, ConvBn);
+
+    impl crate::ImageModel for Tiny {
+        fn forward(&self, x: &Tensor) -> Result<Tensor> {
+            let h = self.1.forward(&self.0.forward(x)?)?;
+            global_avg_pool(&h)
+        }
+        fn num_classes(&self) -> usize {
+            8
+        }
+    }
+
+    /// Splitting a batch over threads gives the batched result.
+    #[test]
+    fn forward_batch_matches_forward() -> Result<()> {
+        let dev = Device::Cpu;
+        let conv = |g: ConvGeom| -> Result<ConvBn> {
+            let w = Tensor::randn(
+                0f32,
+                0.3,
+                (g.cout, g.cin / g.groups, g.kernel, g.kernel),
+                &dev,
+            )?;
+            ConvBn::new(w, Tensor::randn(0f32, 0.3, g.cout, &dev)?, g, Act::Relu6)
+        };
+        let m = Tiny(
+            conv(ConvGeom::same_torch(3, 8, 3, 2, 1))?,
+            conv(ConvGeom::same_torch(8, 8, 3, 1, 8))?,
+        );
+        let x = Tensor::randn(0f32, 1.0, (5, 3, 20, 20), &dev)?;
+        let want = crate::ImageModel::forward(&m, &x)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let got = pool.install(|| forward_batch(&m, &x))?;
+        let diff = (got - &want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "max diff {diff}");
+        Ok(())
+    }
 }

@@ -32,7 +32,10 @@ fn param(p: &ArchParams, name: &str, default: f64) -> f64 {
 }
 
 fn mobilenet_v2(vb: VarBuilder, p: &ArchParams) -> candle_core::Result<Box<dyn ImageModel>> {
-    Ok(Box::new(crate::mobilenet_v2::MobileNetV2::load(vb, param(p, "width_mult", 1.0))?))
+    Ok(Box::new(crate::mobilenet_v2::MobileNetV2::load(
+        vb,
+        param(p, "width_mult", 1.0),
+    )?))
 }
 
 fn resnet(vb: VarBuilder, cfg: ResNetConfig) -> candle_core::Result<Box<dyn ImageModel>> {
@@ -52,8 +55,13 @@ macro_rules! resnet_entry {
     };
 }
 
-fn efficientnet_lite(vb: VarBuilder, cfg: EfficientNetLiteConfig) -> candle_core::Result<Box<dyn ImageModel>> {
-    Ok(Box::new(crate::efficientnet_lite::EfficientNetLite::load(vb, cfg)?))
+fn efficientnet_lite(
+    vb: VarBuilder,
+    cfg: EfficientNetLiteConfig,
+) -> candle_core::Result<Box<dyn ImageModel>> {
+    Ok(Box::new(crate::efficientnet_lite::EfficientNetLite::load(
+        vb, cfg,
+    )?))
 }
 
 /// An EfficientNet-Lite entry (TensorFlow-trained, efficientnet_pytorch key names); the variant
@@ -100,12 +108,20 @@ pub fn find(name: &str) -> Result<&'static ArchEntry, ModelError> {
         .find(|a| a.name == name)
         .ok_or_else(|| ModelError::UnknownArchitecture {
             name: name.to_string(),
-            known: ARCHITECTURES.iter().map(|a| a.name).collect::<Vec<_>>().join(", "),
+            known: ARCHITECTURES
+                .iter()
+                .map(|a| a.name)
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
 /// Validates the parameters and builds `name` from the weights under `vb`.
-pub fn build(name: &str, params: &ArchParams, vb: VarBuilder) -> Result<Box<dyn ImageModel>, ModelError> {
+pub fn build(
+    name: &str,
+    params: &ArchParams,
+    vb: VarBuilder,
+) -> Result<Box<dyn ImageModel>, ModelError> {
     let entry = find(name)?;
     for key in params.keys() {
         if !entry.params.iter().any(|(p, _)| p == key) {
@@ -116,7 +132,12 @@ pub fn build(name: &str, params: &ArchParams, vb: VarBuilder) -> Result<Box<dyn 
                 expected: format!(
                     "one of the parameters {} accepts: [{}]",
                     name,
-                    entry.params.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", ")
+                    entry
+                        .params
+                        .iter()
+                        .map(|(p, _)| *p)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }

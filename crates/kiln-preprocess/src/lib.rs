@@ -10,6 +10,7 @@
 //! ```
 
 pub mod decode;
+pub mod hubspec;
 pub mod pil;
 pub mod spec;
 pub mod transform;

@@ -9,17 +9,21 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod classifier;
 pub mod device;
+pub mod hub;
 pub mod labels;
 pub mod pth;
 pub mod weights;
 
 pub use classifier::{
-    shipped_weights_dir, softmax, ClassScore, Classifier, ClassifierBuilder, Prediction, SpecOverrides, DEFAULT_MODEL,
+    shipped_weights_dir, softmax, ClassScore, Classified, Classifier, ClassifierBuilder, Outcome,
+    Prediction, RunOptions, SpecOverrides, StageTimes, DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
 };
 pub use device::{device_name, parse_device};
-pub use kiln_preprocess::{InputError, SpecError, TrainingSpec};
+pub use hub::{HubError, HubModel, HubOptions, HubRef};
+pub use kiln_preprocess::{DecodeOptions, InputError, SpecError, TrainingSpec, Tta};
 pub use weights::{convert_pth, resolve_spec, ConvertReport, SpecOrigin, WeightFile};
 
 /// Everything that can go wrong in the runtime.
@@ -97,3 +101,8 @@ impl RuntimeError {
         matches!(self, RuntimeError::Input(_))
     }
 }
+
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,65 @@
+//! Benchmarks of the hot kernels at the shapes MobileNetV2 and ResNet-50 run them with (batch 1,
+//! 224×224 input). `cargo bench -p kiln-kernels --bench kernels`; set `RAYON_NUM_THREADS` to fix
+//! the thread count.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use kiln_kernels::{Activation, Conv2d, ConvShape};
+use std::hint::black_box;
+
+fn vals(len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * 7919 % 2003) as f32 / 1000.0) - 1.0)
+        .collect()
+}
+
+/// (name, cin, cout, kernel, stride, groups, pad, input h = w)
+#[allow(clippy::type_complexity)]
+const CASES: &[(&str, usize, usize, usize, usize, usize, [usize; 4], usize)] = &[
+    ("mbv2_dw3x3_s1_c144_56", 144, 144, 3, 1, 144, [1; 4], 56),
+    ("mbv2_dw3x3_s2_c144_56", 144, 144, 3, 2, 144, [1; 4], 56),
+    (
+        "mbv2_dw3x3_s2_tfsame_c96_112",
+        96,
+        96,
+        3,
+        2,
+        96,
+        [0, 1, 0, 1],
+        112,
+    ),
+    ("mbv2_pw_24to144_56", 24, 144, 1, 1, 1, [0; 4], 56),
+    ("mbv2_pw_960to160_7", 960, 160, 1, 1, 1, [0; 4], 7),
+    ("r50_stem7x7_s2", 3, 64, 7, 2, 1, [3; 4], 224),
+    ("r50_conv3x3_c64_56", 64, 64, 3, 1, 1, [1; 4], 56),
+    ("r50_conv3x3_c256_14", 256, 256, 3, 1, 1, [1; 4], 14),
+    ("r50_pw_256to64_56", 256, 64, 1, 1, 1, [0; 4], 56),
+    ("r50_pw_1024to2048_s2_14", 1024, 2048, 1, 2, 1, [0; 4], 14),
+];
+
+fn convs(c: &mut Criterion) {
+    let mut g = c.benchmark_group("conv2d");
+    for &(name, cin, cout, kernel, stride, groups, pad, hw) in CASES {
+        let shape = ConvShape {
+            cin,
+            cout,
+            kernel,
+            stride,
+            groups,
+            pad,
+        };
+        let w = vals(cout * (cin / groups) * kernel * kernel);
+        let b = vals(cout);
+        let conv = Conv2d::new(shape, &w, Some(&b), Activation::Relu6);
+        let x = vals(cin * hw * hw);
+        let [_, _, oh, ow] = conv.out_dims(1, hw, hw);
+        let macs = cout * oh * ow * (cin / groups) * kernel * kernel;
+        g.throughput(Throughput::Elements(macs as u64));
+        g.bench_function(name, |bch| {
+            bch.iter(|| black_box(conv.forward(black_box(&x), 1, hw, hw, None)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, convs);
+criterion_main!(benches);

@@ -1,0 +1,123 @@
+//! Row-major f32 GEMM on slices, over the `gemm` crate.
+
+use gemm::Parallelism;
+
+/// `c[m × n] = (accumulate ? c : 0) + a[m × k] · b[k × n]`, all row-major with leading
+/// dimensions `lda`, `ldb`, `ldc`. Runs on `threads` threads of the current rayon pool
+/// (1: on the calling thread).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(k == 0 || a.len() >= (m - 1) * lda + k, "sgemm: a too short");
+    assert!(k == 0 || b.len() >= (k - 1) * ldb + n, "sgemm: b too short");
+    assert!(c.len() >= (m - 1) * ldc + n, "sgemm: c too short");
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // SAFETY: the asserts above keep every element the strides reach inside the slices, and `c`
+    // does not alias `a` or `b` (a `&mut` and two `&`).
+    unsafe {
+        sgemm_raw(
+            m,
+            n,
+            k,
+            a.as_ptr(),
+            lda,
+            b.as_ptr(),
+            ldb,
+            c.as_mut_ptr(),
+            ldc,
+            accumulate,
+            threads,
+        )
+    }
+}
+
+/// [`sgemm`] on pointers, for callers that hand disjoint column blocks of one output to several
+/// threads.
+///
+/// # Safety
+/// Every element `a[i·lda + p]`, `b[p·ldb + j]` (`i < m`, `p < k`, `j < n`) must be readable,
+/// every `c[i·ldc + j]` writable and not accessed by anyone else during the call, `k > 0`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    threads: usize,
+) {
+    let par = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            ldc as isize,
+            accumulate,
+            a,
+            1,
+            lda as isize,
+            b,
+            1,
+            ldb as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sgemm;
+
+    #[test]
+    fn matches_naive() {
+        let (m, n, k) = (7, 13, 5);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.5).collect();
+        let mut c = vec![1.0f32; m * n];
+        sgemm(m, n, k, &a, k, &b, n, &mut c, n, true, 2);
+        for i in 0..m {
+            for j in 0..n {
+                let r: f32 = 1.0 + (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum::<f32>();
+                assert!((c[i * n + j] - r).abs() < 1e-4);
+            }
+        }
+    }
+}
