@@ -28,6 +28,8 @@
 //! rayon's global pool is used. Inside [`serial`] the kernels run on the calling thread only,
 //! for callers that parallelise over images themselves.
 
+#![warn(missing_docs)]
+
 mod act;
 mod conv;
 mod depthwise;

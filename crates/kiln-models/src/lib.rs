@@ -4,6 +4,8 @@
 //! key names. [`registry`] maps names such as `mobilenet_v2` or `resnet50` to builders, so a new
 //! architecture is one file plus one registry entry.
 
+#![warn(missing_docs)]
+
 pub mod efficientnet_lite;
 pub mod layers;
 pub mod mobilenet_v2;

@@ -9,6 +9,8 @@
 //! assert_eq!(t.shape, [3, 224, 224]);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod decode;
 pub mod hubspec;
 pub mod pil;

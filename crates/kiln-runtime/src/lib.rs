@@ -9,6 +9,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod classifier;
 pub mod device;
