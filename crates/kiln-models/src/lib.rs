@@ -49,11 +49,11 @@ pub enum ModelError {
         expected: String,
     },
     /// The weights do not fit the architecture (missing key, wrong shape, ...).
-    #[error("weights do not fit `{arch}`: {source}")]
+    #[error("weights do not fit `{arch}`: {error}")]
     Weights {
         /// The architecture.
         arch: String,
         /// candle's description.
-        source: candle_core::Error,
+        error: candle_core::Error,
     },
 }

@@ -153,9 +153,9 @@ pub fn build(
             });
         }
     }
-    (entry.build)(vb, params).map_err(|source| ModelError::Weights {
+    (entry.build)(vb, params).map_err(|e| ModelError::Weights {
         arch: name.into(),
-        source: without_backtrace(source),
+        error: without_backtrace(e),
     })
 }
 

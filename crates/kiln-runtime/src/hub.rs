@@ -263,13 +263,13 @@ pub enum HubError {
         reason: String,
     },
     /// A config cannot be turned into a spec (unsupported architecture or transform).
-    #[error("{repo}: {source}")]
+    #[error("{repo}: {error}")]
     Config {
         /// The repo reference.
         repo: String,
-        /// The spec error, naming the file and field.
-        #[source]
-        source: SpecError,
+        /// The spec error, naming the file and field. (Part of the message, not a `source`, so
+        /// that error chains do not print it twice.)
+        error: SpecError,
     },
     /// The checkpoint's tensors do not fit the architecture's naming.
     #[error("{repo}: `{file}`: {reason}")]
@@ -546,9 +546,9 @@ pub fn resolve_ref(r: &HubRef, opts: &HubOptions) -> Result<HubModel, HubError> 
         "; kiln needs the repo's config.json (timm, or transformers with preprocessor_config.json)",
     )?;
     let cfg_text = f.read_text(CONFIG_FILE, &cfg)?;
-    let config_err = |source: SpecError| HubError::Config {
+    let config_err = |error: SpecError| HubError::Config {
         repo: r.to_string(),
-        source,
+        error,
     };
     let format = hubspec::detect_format(&cfg_text)
         .map_err(|e| config_err(e.in_file(Path::new(CONFIG_FILE))))?;

@@ -22,12 +22,12 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum PthError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The checkpoint.
         path: String,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not a checkpoint this reader understands.
     #[error("{path}: not a PyTorch checkpoint this reader understands: {reason}")]
@@ -112,9 +112,9 @@ const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 
 /// Reads a checkpoint in either format. A state dict nested under `state_dict` or `model` is found.
 pub fn read_pth(path: &Path) -> Result<Checkpoint, PthError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| PthError::Io {
+    let bytes = std::fs::read(path).map_err(|error| PthError::Io {
         path: p.clone(),
-        source,
+        error,
     })?;
     let fail = |reason: String| PthError::Format {
         path: p.clone(),
