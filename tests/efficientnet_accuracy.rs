@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use kiln_preprocess::spec::{IMAGENET_MEAN, IMAGENET_STD};
 use kiln_preprocess::{ImageTensor, PixelScale};
@@ -27,62 +26,6 @@ fn torchvision_normalisation() -> SpecOverrides {
     }
 }
 
-/// Top-1 figures of one run over `n` photos.
-struct Figures {
-    kiln: f64,
-    torch: f64,
-    agree: f64,
-    max_dp: f32,
-}
-
-/// Classifies the first `n` photos of the sample with `classifier`, against PyTorch's reference.
-fn evaluate(classifier: &Classifier, n: usize, label: &str) -> Figures {
-    let refs = common::read_reference(MODEL);
-    assert_eq!(refs.len(), 500);
-    let refs = &refs[..n];
-    let dir = common::shared().join("imagenet-sample");
-    let paths: Vec<PathBuf> = refs.iter().map(|r| dir.join(&r.file)).collect();
-    let start = std::time::Instant::now();
-    let preds = classifier.classify_paths(&paths, 5, 16);
-    let (mut ours, mut theirs, mut agree, mut max_dp) = (0, 0, 0, 0f32);
-    let mut disagreements = vec![];
-    for (r, p) in refs.iter().zip(preds) {
-        let p = p.unwrap_or_else(|e| panic!("{}: {e}", r.file));
-        let top1 = p.top[0].index;
-        ours += (top1 == r.class_index) as usize;
-        theirs += (r.top5[0] == r.class_index) as usize;
-        if top1 == r.top5[0] {
-            agree += 1;
-            max_dp = max_dp.max((p.top[0].prob - r.top5_prob[0]).abs());
-        } else {
-            disagreements.push(format!(
-                "{}: kiln {} ({:.3}), torch {} ({:.3})",
-                r.file, top1, p.top[0].prob, r.top5[0], r.top5_prob[0]
-            ));
-        }
-    }
-    let f = n as f64;
-    let fig = Figures {
-        kiln: ours as f64 / f,
-        torch: theirs as f64 / f,
-        agree: agree as f64 / f,
-        max_dp,
-    };
-    println!(
-        "{label}: kiln top-1 {:.3}, PyTorch top-1 {:.3}, agreement {:.1}% ({agree}/{n}), max top-1 prob diff {max_dp:.4} ({:.1}s)",
-        fig.kiln,
-        fig.torch,
-        fig.agree * 100.0,
-        start.elapsed().as_secs_f32()
-    );
-    if disagreements.len() <= 10 {
-        for d in &disagreements {
-            println!("  differs: {d}");
-        }
-    }
-    fig
-}
-
 #[test]
 fn efficientnet_lite0_matches_pytorch_on_imagenet_sample() {
     let classifier = Classifier::builder()
@@ -96,7 +39,7 @@ fn efficientnet_lite0_matches_pytorch_on_imagenet_sample() {
         (spec.scale, spec.mean.clone(), spec.std.clone()),
         (PixelScale::Raw, vec![127.0; 3], vec![128.0; 3])
     );
-    let fig = evaluate(&classifier, 500, MODEL);
+    let fig = common::evaluate(&classifier, MODEL, 500, MODEL);
     assert!(
         fig.kiln >= fig.torch - 0.005,
         "top-1 {} is more than 0.5 points below PyTorch's {}",
@@ -155,8 +98,9 @@ fn torchvision_normalisation_is_refused_and_costs_accuracy() {
     // 200 photos keep the test short; measured: top-1 0.790 vs 0.875 here (-8.5 points), and
     // 0.776 vs 0.884 on all 500 (-10.8 points, top-1 agreement with PyTorch 83%).
     let n = 200;
-    let fig = evaluate(
+    let fig = common::evaluate(
         &forced,
+        MODEL,
         n,
         &format!("{MODEL} with torchvision normalisation (first {n})"),
     );

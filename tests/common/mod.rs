@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use kiln_runtime::Classifier;
 use std::path::{Path, PathBuf};
 
 /// The repository root.
@@ -56,4 +57,61 @@ pub fn shipped(name: &str) -> PathBuf {
 /// The built `kiln` binary.
 pub fn kiln_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+/// Top-1 figures of one run over `n` photos.
+pub struct Figures {
+    pub kiln: f64,
+    pub torch: f64,
+    pub agree: f64,
+    pub max_dp: f32,
+}
+
+/// Classifies the first `n` photos of the sample with `classifier`, against PyTorch's reference
+/// `../shared/reference/imagenet-sample.REFERENCE.csv`.
+pub fn evaluate(classifier: &Classifier, reference: &str, n: usize, label: &str) -> Figures {
+    let refs = read_reference(reference);
+    assert_eq!(refs.len(), 500);
+    let refs = &refs[..n];
+    let dir = shared().join("imagenet-sample");
+    let paths: Vec<PathBuf> = refs.iter().map(|r| dir.join(&r.file)).collect();
+    let start = std::time::Instant::now();
+    let preds = classifier.classify_paths(&paths, 5, 16);
+    let (mut ours, mut theirs, mut agree, mut max_dp) = (0, 0, 0, 0f32);
+    let mut disagreements = vec![];
+    for (r, p) in refs.iter().zip(preds) {
+        let p = p.unwrap_or_else(|e| panic!("{}: {e}", r.file));
+        let top1 = p.top[0].index;
+        ours += (top1 == r.class_index) as usize;
+        theirs += (r.top5[0] == r.class_index) as usize;
+        if top1 == r.top5[0] {
+            agree += 1;
+            max_dp = max_dp.max((p.top[0].prob - r.top5_prob[0]).abs());
+        } else {
+            disagreements.push(format!(
+                "{}: kiln {} ({:.3}), torch {} ({:.3})",
+                r.file, top1, p.top[0].prob, r.top5[0], r.top5_prob[0]
+            ));
+        }
+    }
+    let f = n as f64;
+    let fig = Figures {
+        kiln: ours as f64 / f,
+        torch: theirs as f64 / f,
+        agree: agree as f64 / f,
+        max_dp,
+    };
+    println!(
+        "{label}: kiln top-1 {:.3}, PyTorch top-1 {:.3}, agreement {:.1}% ({agree}/{n}), max top-1 prob diff {max_dp:.4} ({:.1}s)",
+        fig.kiln,
+        fig.torch,
+        fig.agree * 100.0,
+        start.elapsed().as_secs_f32()
+    );
+    if disagreements.len() <= 10 {
+        for d in &disagreements {
+            println!("  differs: {d}");
+        }
+    }
+    fig
 }
