@@ -656,7 +656,7 @@ impl Classifier {
     /// Classifies a stream of files, calling `on_result` once per input, in input order.
     ///
     /// Files are decoded and preprocessed in parallel (rayon) on a producer thread while the
-    /// previous batch runs through the network; at most two batches of pixels are held at once,
+    /// previous batch runs through the network; at most three batches of pixels are held at once,
     /// however long the stream. A file that fails (missing, corrupt, too large, …) yields an
     /// error outcome and the rest go on.
     pub fn classify_stream<I, F>(&self, paths: I, opts: &RunOptions, mut on_result: F)
