@@ -105,6 +105,10 @@ fn write_bad_files(dir: &Path) -> Vec<(&'static str, &'static str)> {
         .save(dir.join("tiny.png"))
         .unwrap();
     std::fs::write(dir.join("bomb.png"), png_claiming(30_000, 30_000)).unwrap();
+    // Valid and small, but 16x40000: resizing its short side to 256 would make 164 Mpx.
+    image::RgbImage::from_pixel(40_000, 16, image::Rgb([9, 9, 9]))
+        .save(dir.join("strip.png"))
+        .unwrap();
     vec![
         ("empty.jpg", "empty file"),
         ("notes.jpg", "not an image"),
@@ -113,6 +117,7 @@ fn write_bad_files(dir: &Path) -> Vec<(&'static str, &'static str)> {
         ("picture.png", "unsupported"),
         ("tiny.png", "smaller than the minimum"),
         ("bomb.png", "decompression bomb"),
+        ("strip.png", "extreme aspect ratio"),
     ]
 }
 

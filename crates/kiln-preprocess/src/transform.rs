@@ -34,6 +34,30 @@ pub fn resized_size(w: u32, h: u32, resize: &Resize) -> (u32, u32) {
     }
 }
 
+/// Refuses an image whose resize would be larger than `max_pixels`: a 1×10000 strip resized to a
+/// shorter side of 256 would need a 256×2,560,000 intermediate image. The decoder's pixel limit
+/// cannot see this; it depends on the spec.
+pub fn check_resize_fits(
+    w: u32,
+    h: u32,
+    spec: &TrainingSpec,
+    max_pixels: u64,
+    source: &str,
+) -> Result<(), crate::InputError> {
+    if let Some(r) = &spec.resize {
+        let (rw, rh) = resized_size(w, h, r);
+        if rw as u64 * rh as u64 > max_pixels {
+            return Err(crate::InputError::Unsupported {
+                path: source.to_string(),
+                reason: format!(
+                    "a {w}x{h} image would be resized to {rw}x{rh} for this model, over the limit of {max_pixels} pixels (extreme aspect ratio)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Resizes to `(w, h)` with the given filter, the way PIL does.
 ///
 /// With `antialias` (PIL's only behaviour, and so torchvision's on PIL images) this is

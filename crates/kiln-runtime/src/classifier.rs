@@ -534,6 +534,19 @@ impl Classifier {
         Prediction { top, uncertain }
     }
 
+    /// Refuses an image whose resize for this model would exceed the decoder's pixel limit.
+    fn check_size(&self, img: &RgbImage, source: &str) -> Result<(), RuntimeError> {
+        let (w, h) = img.dimensions();
+        kiln_preprocess::transform::check_resize_fits(
+            w,
+            h,
+            &self.spec,
+            self.decode.max_pixels,
+            source,
+        )?;
+        Ok(())
+    }
+
     /// The preprocessed views of one decoded image under `tta`.
     pub fn views(&self, img: &RgbImage, tta: Tta) -> Vec<ImageTensor> {
         tta_views(img, &self.spec, tta)
@@ -591,6 +604,9 @@ impl Classifier {
         images: &[RgbImage],
         opts: &RunOptions,
     ) -> Result<Vec<Prediction>, RuntimeError> {
+        for (i, img) in images.iter().enumerate() {
+            self.check_size(img, &format!("image {i}"))?;
+        }
         let views: Vec<ImageTensor> = images
             .par_iter()
             .flat_map_iter(|i| self.views(i, opts.tta))
@@ -611,6 +627,7 @@ impl Classifier {
     /// Decodes, validates and classifies one file.
     pub fn classify_path(&self, path: &Path, top_k: usize) -> Result<Prediction, RuntimeError> {
         let d = decode_file(path, &self.decode)?;
+        self.check_size(&d.rgb, &path.display().to_string())?;
         Ok(self.classify_images(&[d.rgb], top_k)?.remove(0))
     }
 
@@ -638,12 +655,13 @@ impl Classifier {
         let t0 = Instant::now();
         let decoded = decode_file(&path, &self.decode);
         times.decode_ms = ms(t0);
-        let views = decoded.map_err(RuntimeError::from).map(|d| {
+        let views = decoded.map_err(RuntimeError::from).and_then(|d| {
             let t1 = Instant::now();
             let size = d.rgb.dimensions();
+            self.check_size(&d.rgb, &path.display().to_string())?;
             let v = self.views(&d.rgb, tta);
             times.preprocess_ms = ms(t1);
-            (v, size)
+            Ok((v, size))
         });
         Prepared {
             index,
