@@ -94,7 +94,19 @@ pub enum RuntimeError {
     Forward(String),
     /// An error inside candle.
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+impl From<candle_core::Error> for RuntimeError {
+    /// candle attaches a backtrace when `RUST_BACKTRACE` is set; an unsupported dtype or a bad
+    /// shape is worth one line to a user, so only the message is kept.
+    fn from(e: candle_core::Error) -> Self {
+        let mut e = e;
+        while let candle_core::Error::WithBacktrace { inner, .. } = e {
+            e = *inner;
+        }
+        RuntimeError::Candle(e)
+    }
 }
 
 impl RuntimeError {
