@@ -4,6 +4,9 @@
 //! the legacy and the zip formats, plus a strided view (`extra.transposed`) and an f16 tensor
 //! (`extra.half`).
 
+mod common;
+
+use common::recipe_values;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,27 +19,6 @@ use serde_json::Value;
 // ---------------------------------------------------------------------------------------------
 // The recipe ("kiln-fixture-v1"); tests/parity.rs checks it against reference values.
 // ---------------------------------------------------------------------------------------------
-
-fn fnv1a64(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-fn recipe_values(name: &str, count: usize, a: f32, b: f32) -> Vec<f32> {
-    let mut state = fnv1a64(name);
-    (0..count)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            let u = ((z >> 40) as f32) / 16_777_216.0 * 2.0 - 1.0;
-            b * u + a
-        })
-        .collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use kiln_preprocess::spec::{IMAGENET_MEAN, IMAGENET_STD};
 use kiln_preprocess::{ImageTensor, PixelScale};
 use kiln_runtime::{Classifier, RuntimeError, SpecOverrides};
-use safetensors::{Dtype, SafeTensors};
 
 const MODEL: &str = "efficientnet_lite0";
 
@@ -122,23 +121,9 @@ fn torchvision_normalisation_is_refused_and_costs_accuracy() {
 // Parity with PyTorch on the real weights
 // ---------------------------------------------------------------------------------------------
 
-/// The "kiln-fixture-v1" input recipe of `python/make_parity_fixtures.py`: splitmix64 seeded with
-/// the FNV-1a 64 hash of `name`, top 24 bits mapped to [-1, 1) in f32 (a = 0, b = 1).
+/// The "kiln-fixture-v1" input recipe (a = 0, b = 1).
 fn recipe_input(name: &str, count: usize) -> Vec<f32> {
-    let mut state = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    (0..count)
-        .map(|_| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            // b * u + a with b = 1, a = 0 is u itself.
-            ((z >> 40) as f32) / 16_777_216.0 * 2.0 - 1.0
-        })
-        .collect()
+    common::recipe_uniform(name, count).collect()
 }
 
 #[test]
@@ -151,22 +136,9 @@ fn recipe_input_matches_numpy() {
 }
 
 fn read_logits() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let path =
-        common::repo().join("tests/fixtures/parity/efficientnet_lite0_real.logits.safetensors");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            assert_eq!(v.dtype(), Dtype::F32, "{k}");
-            let data = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (k, (v.shape().to_vec(), data))
-        })
-        .collect()
+    common::read_f32_tensors(
+        &common::repo().join("tests/fixtures/parity/efficientnet_lite0_real.logits.safetensors"),
+    )
 }
 
 /// kiln's logits from the shipped weights equal PyTorch's (EfficientNet-Lite0 with TF "SAME"

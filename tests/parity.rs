@@ -9,6 +9,9 @@
 //!
 //! Run with `cargo test --release --test parity -- --nocapture` to see the worst-case figures.
 
+mod common;
+
+use common::{fnv1a64, recipe_uniform, recipe_values};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,31 +26,6 @@ use serde_json::Value;
 // ---------------------------------------------------------------------------------------------
 // The recipe ("kiln-fixture-v1")
 // ---------------------------------------------------------------------------------------------
-
-/// FNV-1a 64 of the UTF-8 bytes of `name`.
-fn fnv1a64(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-/// The recipe's `u` values in [-1, 1): splitmix64 seeded with the name's hash, top 24 bits.
-fn recipe_uniform(name: &str, count: usize) -> impl Iterator<Item = f32> {
-    let mut state = fnv1a64(name);
-    (0..count).map(move |_| {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        ((z >> 40) as f32) / 16_777_216.0 * 2.0 - 1.0
-    })
-}
-
-/// `b * u + a` in f32 (a multiply then an add, never fused, as numpy does).
-fn recipe_values(name: &str, count: usize, a: f32, b: f32) -> Vec<f32> {
-    recipe_uniform(name, count).map(|u| b * u + a).collect()
-}
 
 /// The reference values are numpy's (the f32 results printed as f64, so compared exactly in f64).
 #[test]
@@ -157,21 +135,7 @@ fn read_manifest(name: &str) -> Manifest {
 
 /// The PyTorch logits, by input key (`224x224`, `160x200`), each `[2, classes]` row-major.
 fn read_torch_logits(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let path = fixture_dir().join(format!("{name}.logits.safetensors"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            assert_eq!(v.dtype(), Dtype::F32, "{k}");
-            let data = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (k, (v.shape().to_vec(), data))
-        })
-        .collect()
+    common::read_f32_tensors(&fixture_dir().join(format!("{name}.logits.safetensors")))
 }
 
 /// A file in the temporary directory, removed when dropped.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use kiln_runtime::Classifier;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The repository root.
@@ -114,4 +115,52 @@ pub fn evaluate(classifier: &Classifier, reference: &str, n: usize, label: &str)
         }
     }
     fig
+}
+
+// The deterministic weights recipe ("kiln-fixture-v1") of python/make_parity_fixtures.py;
+// tests/parity.rs checks it against numpy's reference values.
+
+/// FNV-1a 64 of the UTF-8 bytes of `name`.
+pub fn fnv1a64(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The recipe's `u` values in [-1, 1): splitmix64 seeded with the name's hash, top 24 bits.
+pub fn recipe_uniform(name: &str, count: usize) -> impl Iterator<Item = f32> {
+    let mut state = fnv1a64(name);
+    (0..count).map(move |_| {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        ((z >> 40) as f32) / 16_777_216.0 * 2.0 - 1.0
+    })
+}
+
+/// `b * u + a` in f32 (a multiply then an add, never fused, as numpy does).
+pub fn recipe_values(name: &str, count: usize, a: f32, b: f32) -> Vec<f32> {
+    recipe_uniform(name, count).map(|u| b * u + a).collect()
+}
+
+/// Every tensor of an all-f32 safetensors file (PyTorch's logits fixtures), by name:
+/// `(shape, row-major values)`.
+pub fn read_f32_tensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            assert_eq!(v.dtype(), safetensors::Dtype::F32, "{k}");
+            let data = v
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (k, (v.shape().to_vec(), data))
+        })
+        .collect()
 }

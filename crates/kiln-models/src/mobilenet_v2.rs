@@ -11,8 +11,9 @@ use crate::ImageModel;
 /// torchvision's batch-norm epsilon for MobileNetV2.
 const BN_EPS: f64 = 1e-5;
 
-/// `(expansion t, output channels c, repeats n, first stride s)` per stage.
-const STAGES: [(usize, usize, usize, usize); 7] = [
+/// `(expansion t, output channels c, repeats n, first stride s)` per stage (the paper's Table 2,
+/// shared by torchvision and timm).
+pub const STAGES: [(usize, usize, usize, usize); 7] = [
     (1, 16, 1, 1),
     (6, 24, 2, 2),
     (6, 32, 3, 2),

@@ -897,16 +897,7 @@ pub fn rename_safetensors(
 /// `num_batches_tracked`). Used to check the key map against torchvision's layout, and to make
 /// test checkpoints.
 pub fn timm_mobilenet_v2_layout(width_mult: f64, num_classes: usize) -> Vec<(String, Vec<usize>)> {
-    use kiln_models::mobilenet_v2::make_divisible;
-    const STAGES: [(usize, usize, usize, usize); 7] = [
-        (1, 16, 1, 1),
-        (6, 24, 2, 2),
-        (6, 32, 3, 2),
-        (6, 64, 4, 2),
-        (6, 96, 3, 1),
-        (6, 160, 3, 2),
-        (6, 320, 1, 1),
-    ];
+    use kiln_models::mobilenet_v2::{make_divisible, STAGES};
     let mut out = vec![];
     let bn = |out: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
         for k in ["weight", "bias", "running_mean", "running_var"] {
