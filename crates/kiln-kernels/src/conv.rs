@@ -150,6 +150,16 @@ impl Conv2d {
         self.act
     }
 
+    /// The packed weight: depthwise `[c][k·k]`, else per group `[cout/g × (cin/g)·k·k]`.
+    pub(crate) fn weight(&self) -> &[f32] {
+        &self.weight
+    }
+
+    /// The bias, `[cout]`.
+    pub(crate) fn bias(&self) -> &[f32] {
+        &self.bias
+    }
+
     /// Output dimensions `[n, cout, oh, ow]` for input `[n, cin, h, w]`.
     pub fn out_dims(&self, n: usize, h: usize, w: usize) -> [usize; 4] {
         let (oh, ow) = self.shape.out_hw(h, w);
@@ -395,7 +405,7 @@ impl Conv2d {
 }
 
 /// `y = act(y + bias[row] (+ res))` over rows of `ohw`, compiled for the CPU's vector width.
-fn epilogue(y: &mut [f32], ohw: usize, bias: &[f32], res: Option<&[f32]>, act: Activation) {
+pub(crate) fn epilogue(y: &mut [f32], ohw: usize, bias: &[f32], res: Option<&[f32]>, act: Activation) {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::depthwise::Isa;

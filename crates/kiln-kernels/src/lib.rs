@@ -21,6 +21,10 @@
 //! once at load and the epilogue applied from registers, is opt-in (`KILN_PACKED_GEMM=1`): it is
 //! faster on single hot layers but, inside whole networks, still slower than the `gemm` crate.
 //!
+//! [`InvertedResidual`] fuses a MobileNetV2 / MBConv block (1×1 expand, depthwise, 1×1
+//! project, residual) into one pass over strips of rows, so that its expanded activations stay
+//! in cache.
+//!
 //! # Threads
 //!
 //! Every kernel parallelises with rayon in the *current* pool: run the model inside
@@ -31,12 +35,14 @@
 #![warn(missing_docs)]
 
 mod act;
+mod block;
 mod conv;
 mod depthwise;
 mod gemm_f32;
 mod packed_gemm;
 
 pub use act::Activation;
+pub use block::{tf_same as tf_same_padding, DwPadding, InvertedResidual};
 pub use conv::{Conv2d, ConvShape, KernelKind};
 pub use gemm_f32::sgemm;
 

@@ -20,7 +20,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{global_avg_pool, Act, ConvBn, ConvGeom, Linear};
+use crate::layers::{
+    global_avg_pool, Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear,
+};
 use crate::mobilenet_v2::make_divisible;
 use crate::ImageModel;
 
@@ -123,12 +125,7 @@ impl EfficientNetLiteConfig {
     }
 }
 
-/// TensorFlow "SAME" padding along one axis: `(before, after)`.
-pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
-    let out = input.div_ceil(stride);
-    let total = ((out.saturating_sub(1)) * stride + kernel).saturating_sub(input);
-    (total / 2, total - total / 2)
-}
+pub use crate::layers::tf_same_padding as same_padding;
 
 fn geom(cin: usize, cout: usize, kernel: usize, stride: usize, groups: usize) -> ConvGeom {
     ConvGeom {
@@ -139,6 +136,18 @@ fn geom(cin: usize, cout: usize, kernel: usize, stride: usize, groups: usize) ->
         groups,
         pad: [0; 4],
     }
+}
+
+/// `g` with the padding the convolution itself applies under TensorFlow "SAME": `(k - 1) / 2` at
+/// stride 1 (odd kernels, whatever the input), none at stride 2, where the padding depends on
+/// the input and is applied at each call.
+fn tf_geom(g: ConvGeom) -> ConvGeom {
+    let pad = if g.stride == 1 {
+        [(g.kernel - 1) / 2; 4]
+    } else {
+        [0; 4]
+    };
+    ConvGeom { pad, ..g }
 }
 
 /// A convolution with TensorFlow "SAME" padding. Stride 1 pads `(k - 1) / 2` on every side
@@ -154,13 +163,8 @@ impl SameConv {
     /// `geom.pad` is ignored: it is TensorFlow's, not the caller's, to choose.
     fn load(conv: VarBuilder, bn: VarBuilder, geom: ConvGeom, act: Act) -> Result<Self> {
         let (kernel, stride) = (geom.kernel, geom.stride);
-        let pad = if stride == 1 {
-            [(kernel - 1) / 2; 4]
-        } else {
-            [0; 4]
-        };
         Ok(Self {
-            conv: ConvBn::load(conv, bn, ConvGeom { pad, ..geom }, BN_EPS, act)?,
+            conv: ConvBn::load(conv, bn, tf_geom(geom), BN_EPS, act)?,
             kernel,
             stride,
         })
@@ -180,75 +184,50 @@ impl SameConv {
         self.conv.forward(&self.padded(x)?)
     }
 
-    fn forward_with_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        self.conv.forward_with_residual(&self.padded(x)?, residual)
-    }
 }
 
-/// The mobile inverted bottleneck (MBConv) without squeeze-excite.
-struct MbConv {
-    expand: Option<SameConv>,
-    depthwise: SameConv,
-    project: SameConv,
-    residual: bool,
-}
-
-impl MbConv {
-    fn load(
-        vb: VarBuilder,
-        cin: usize,
-        cout: usize,
-        kernel: usize,
-        stride: usize,
-        expand: usize,
-    ) -> Result<Self> {
-        let hidden = cin * expand;
-        let expand = if expand != 1 {
-            Some(SameConv::load(
-                vb.pp("_expand_conv"),
-                vb.pp("_bn0"),
-                geom(cin, hidden, 1, 1, 1),
-                Act::Relu6,
-            )?)
-        } else {
-            None
-        };
-        let depthwise = SameConv::load(
-            vb.pp("_depthwise_conv"),
-            vb.pp("_bn1"),
-            geom(hidden, hidden, kernel, stride, hidden),
-            Act::Relu6,
-        )?;
-        let project = SameConv::load(
-            vb.pp("_project_conv"),
-            vb.pp("_bn2"),
-            geom(hidden, cout, 1, 1, 1),
-            Act::None,
-        )?;
-        Ok(Self {
-            expand,
-            depthwise,
-            project,
-            // id_skip is set for every lite block.
-            residual: stride == 1 && cin == cout,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = match &self.expand {
-            Some(e) => e.forward(x)?,
-            None => x.clone(),
-        };
-        let h = self.depthwise.forward(&h)?;
-        self.project
-            .forward_with_residual(&h, self.residual.then_some(x))
-    }
+/// The mobile inverted bottleneck (MBConv) without squeeze-excite, TensorFlow-padded.
+fn mbconv(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    expand: usize,
+) -> Result<InvertedResidual> {
+    let hidden = cin * expand;
+    let load = |conv: &str, bn: &str, g: ConvGeom, act: Act| {
+        ConvBn::load(vb.pp(conv), vb.pp(bn), tf_geom(g), BN_EPS, act)
+    };
+    let expand = (expand != 1)
+        .then(|| load("_expand_conv", "_bn0", geom(cin, hidden, 1, 1, 1), Act::Relu6))
+        .transpose()?;
+    let depthwise = load(
+        "_depthwise_conv",
+        "_bn1",
+        geom(hidden, hidden, kernel, stride, hidden),
+        Act::Relu6,
+    )?;
+    let project = load(
+        "_project_conv",
+        "_bn2",
+        geom(hidden, cout, 1, 1, 1),
+        Act::None,
+    )?;
+    // id_skip is set for every lite block.
+    Ok(InvertedResidual::new(
+        expand,
+        depthwise,
+        project,
+        stride == 1 && cin == cout,
+        DwPadding::TfSame,
+    ))
 }
 
 /// A loaded EfficientNet-Lite, inference only.
 pub struct EfficientNetLite {
     stem: SameConv,
-    blocks: Vec<MbConv>,
+    blocks: Vec<InvertedResidual>,
     head: SameConv,
     classifier: Linear,
 }
@@ -266,7 +245,7 @@ impl EfficientNetLite {
         let spec = cfg.blocks();
         let mut blocks = Vec::with_capacity(spec.len());
         for (i, &(cin, cout, k, s, e)) in spec.iter().enumerate() {
-            blocks.push(MbConv::load(b.pp(i), cin, cout, k, s, e)?);
+            blocks.push(mbconv(b.pp(i), cin, cout, k, s, e)?);
         }
         let last = spec.last().map(|b| b.1).unwrap_or(STEM);
         let head = SameConv::load(

@@ -314,6 +314,124 @@ impl Module for ConvBn {
     }
 }
 
+pub use kiln_kernels::{tf_same_padding, DwPadding};
+
+/// The inverted residual block of MobileNetV2 and EfficientNet-Lite (MBConv without
+/// squeeze-excite): optional 1×1 expand, depthwise, linear 1×1 project, and the input added back
+/// when the shape allows.
+///
+/// On the CPU in f32 the three convolutions run as one fused kernel
+/// ([`kiln_kernels::InvertedResidual`]) that keeps the expanded activations in cache; elsewhere
+/// they run one after the other on candle's ops.
+#[derive(Debug, Clone)]
+pub struct InvertedResidual {
+    expand: Option<ConvBn>,
+    depthwise: ConvBn,
+    project: ConvBn,
+    residual: bool,
+    padding: DwPadding,
+    fused: Option<Arc<kiln_kernels::InvertedResidual>>,
+}
+
+impl InvertedResidual {
+    /// Chains the three convolutions. With [`DwPadding::TfSame`] the depthwise convolution must
+    /// carry TensorFlow's stride-1 padding (`(k - 1) / 2`) or, at stride 2, none: the uneven
+    /// stride-2 padding is computed from the input at each call.
+    pub fn new(
+        expand: Option<ConvBn>,
+        depthwise: ConvBn,
+        project: ConvBn,
+        residual: bool,
+        padding: DwPadding,
+    ) -> Self {
+        let fused = match (&expand, &depthwise.packed, &project.packed) {
+            (None, Some(d), Some(p)) => Some((None, d, p)),
+            (Some(ConvBn { packed: Some(e), .. }), Some(d), Some(p)) => {
+                Some((Some(e.clone()), d, p))
+            }
+            _ => None,
+        }
+        .map(|(e, d, p)| {
+            Arc::new(kiln_kernels::InvertedResidual::new(
+                e,
+                d.clone(),
+                p.clone(),
+                residual,
+                padding,
+            ))
+        });
+        Self {
+            expand,
+            depthwise,
+            project,
+            residual,
+            padding,
+            fused,
+        }
+    }
+
+    /// The block: fused on the CPU in f32, layer by layer otherwise.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(f) = &self.fused {
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                return x.contiguous()?.apply_op1_no_bwd(&FusedBlock(f));
+            }
+        }
+        self.forward_layers(x)
+    }
+
+    /// The block one convolution at a time (each on kiln's kernels or candle's ops, as
+    /// [`ConvBn::forward`] chooses).
+    pub fn forward_layers(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, |c, x, r| c.forward_with_residual(x, r))
+    }
+
+    /// The block on candle's ops only: the reference the fused kernel is tested against.
+    pub fn forward_candle(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, |c, x, r| c.forward_candle(x, r))
+    }
+
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        conv: impl Fn(&ConvBn, &Tensor, Option<&Tensor>) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let h = match &self.expand {
+            Some(e) => conv(e, x, None)?,
+            None => x.clone(),
+        };
+        let g = self.depthwise.geom();
+        let h = if self.padding == DwPadding::TfSame && g.stride > 1 {
+            let (_, _, hh, ww) = h.dims4()?;
+            let (t, b) = tf_same_padding(hh, g.kernel, g.stride);
+            let (l, r) = tf_same_padding(ww, g.kernel, g.stride);
+            h.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?
+        } else {
+            h
+        };
+        let h = conv(&self.depthwise, &h, None)?;
+        conv(&self.project, &h, self.residual.then_some(x))
+    }
+}
+
+/// [`InvertedResidual`]'s fused CPU kernel as a candle custom op.
+struct FusedBlock<'a>(&'a kiln_kernels::InvertedResidual);
+
+impl CustomOp1 for FusedBlock<'_> {
+    fn name(&self) -> &'static str {
+        "kiln-inverted-residual"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        if c != self.0.cin() {
+            candle_core::bail!("block expects {} input channels, got {c}", self.0.cin())
+        }
+        let dims = self.0.out_dims(n, h, w);
+        let y = self.0.forward(contiguous_f32(s, l, "input")?, n, h, w);
+        Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
+    }
+}
+
 /// A fully connected classifier head, `y = x W^T + b`.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -446,6 +564,57 @@ mod tests {
                 .max(0)?
                 .to_scalar::<f32>()?;
             assert!(diff < 1e-4, "{g:?}: max diff {diff}");
+        }
+        Ok(())
+    }
+
+    /// The fused block against candle's ops, for MobileNetV2's and EfficientNet-Lite's shapes.
+    #[test]
+    fn fused_block_matches_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        let conv = |g: ConvGeom, act: Act| -> Result<ConvBn> {
+            let w = Tensor::randn(
+                0f32,
+                0.3,
+                (g.cout, g.cin / g.groups, g.kernel, g.kernel),
+                &dev,
+            )?;
+            ConvBn::new(w, Tensor::randn(0f32, 0.3, g.cout, &dev)?, g, act)
+        };
+        // (cin, hidden, cout, k, stride, padding)
+        let cases = [
+            (16, 96, 16, 3, 1, DwPadding::Fixed),
+            (16, 96, 24, 3, 2, DwPadding::Fixed),
+            (16, 16, 8, 3, 1, DwPadding::Fixed),
+            (16, 96, 24, 5, 2, DwPadding::TfSame),
+            (24, 144, 24, 5, 1, DwPadding::TfSame),
+        ];
+        for (cin, hid, cout, k, s, padding) in cases {
+            let expand = (hid != cin)
+                .then(|| conv(ConvGeom::same_torch(cin, hid, 1, 1, 1), Act::Relu6))
+                .transpose()?;
+            let mut dg = ConvGeom::same_torch(hid, hid, k, s, hid);
+            if padding == DwPadding::TfSame && s > 1 {
+                dg.pad = [0; 4];
+            }
+            let block = InvertedResidual::new(
+                expand,
+                conv(dg, Act::Relu6)?,
+                conv(ConvGeom::same_torch(hid, cout, 1, 1, 1), Act::None)?,
+                s == 1 && cin == cout,
+                padding,
+            );
+            assert!(block.fused.is_some());
+            let x = Tensor::randn(0f32, 1.0, (2, cin, 19, 14), &dev)?;
+            let want = block.forward_candle(&x)?;
+            let got = block.forward(&x)?;
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - &want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-4, "{cin}->{hid}->{cout} k{k} s{s}: max diff {diff}");
         }
         Ok(())
     }

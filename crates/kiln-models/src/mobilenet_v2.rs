@@ -5,7 +5,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{global_avg_pool, Act, ConvBn, ConvGeom, Linear};
+use crate::layers::{
+    global_avg_pool, Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear,
+};
 use crate::ImageModel;
 
 /// torchvision's batch-norm epsilon for MobileNetV2.
@@ -34,57 +36,47 @@ pub fn make_divisible(v: f64, divisor: usize) -> usize {
     new_v
 }
 
-struct InvertedResidual {
-    expand: Option<ConvBn>,
-    depthwise: ConvBn,
-    project: ConvBn,
-    residual: bool,
-}
-
-impl InvertedResidual {
-    fn load(vb: VarBuilder, inp: usize, oup: usize, stride: usize, t: usize) -> Result<Self> {
-        let hidden = ((inp * t) as f64).round() as usize;
-        let c = vb.pp("conv");
-        // Keys shift by one when there is no expansion conv: conv.0 is then the depthwise block.
-        let (expand, dw_idx, proj_idx) = if t != 1 {
-            let g = ConvGeom::same_torch(inp, hidden, 1, 1, 1);
-            let e = ConvBn::load(c.pp("0.0"), c.pp("0.1"), g, BN_EPS, Act::Relu6)?;
-            (Some(e), 1, 2)
-        } else {
-            (None, 0, 1)
-        };
-        let dw = c.pp(dw_idx);
-        let depthwise = ConvBn::load(
-            dw.pp(0),
-            dw.pp(1),
-            ConvGeom::same_torch(hidden, hidden, 3, stride, hidden),
-            BN_EPS,
-            Act::Relu6,
-        )?;
-        let project = ConvBn::load(
-            c.pp(proj_idx),
-            c.pp(proj_idx + 1),
-            ConvGeom::same_torch(hidden, oup, 1, 1, 1),
-            BN_EPS,
-            Act::None,
-        )?;
-        Ok(Self {
-            expand,
-            depthwise,
-            project,
-            residual: stride == 1 && inp == oup,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = match &self.expand {
-            Some(e) => e.forward(x)?,
-            None => x.clone(),
-        };
-        let h = self.depthwise.forward(&h)?;
-        self.project
-            .forward_with_residual(&h, self.residual.then_some(x))
-    }
+/// One inverted residual of torchvision's layout: `conv.0` expand (absent at expansion 1),
+/// then depthwise, then the linear projection.
+fn inverted_residual(
+    vb: VarBuilder,
+    inp: usize,
+    oup: usize,
+    stride: usize,
+    t: usize,
+) -> Result<InvertedResidual> {
+    let hidden = ((inp * t) as f64).round() as usize;
+    let c = vb.pp("conv");
+    // Keys shift by one when there is no expansion conv: conv.0 is then the depthwise block.
+    let (expand, dw_idx, proj_idx) = if t != 1 {
+        let g = ConvGeom::same_torch(inp, hidden, 1, 1, 1);
+        let e = ConvBn::load(c.pp("0.0"), c.pp("0.1"), g, BN_EPS, Act::Relu6)?;
+        (Some(e), 1, 2)
+    } else {
+        (None, 0, 1)
+    };
+    let dw = c.pp(dw_idx);
+    let depthwise = ConvBn::load(
+        dw.pp(0),
+        dw.pp(1),
+        ConvGeom::same_torch(hidden, hidden, 3, stride, hidden),
+        BN_EPS,
+        Act::Relu6,
+    )?;
+    let project = ConvBn::load(
+        c.pp(proj_idx),
+        c.pp(proj_idx + 1),
+        ConvGeom::same_torch(hidden, oup, 1, 1, 1),
+        BN_EPS,
+        Act::None,
+    )?;
+    Ok(InvertedResidual::new(
+        expand,
+        depthwise,
+        project,
+        stride == 1 && inp == oup,
+        DwPadding::Fixed,
+    ))
 }
 
 /// A loaded MobileNetV2, inference only.
@@ -113,7 +105,7 @@ impl MobileNetV2 {
             let oup = make_divisible(c as f64 * width_mult, 8);
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
-                blocks.push(InvertedResidual::load(
+                blocks.push(inverted_residual(
                     f.pp(blocks.len() + 1),
                     inp,
                     oup,

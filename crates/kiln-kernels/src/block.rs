@@ -1,0 +1,461 @@
+//! The inverted residual (MobileNetV2, EfficientNet-Lite's MBConv) as one fused kernel:
+//! 1×1 expand → depthwise → 1×1 project (+ residual), computed strip by strip of output rows.
+//!
+//! Run layer by layer, the expanded tensor (six times the block's input) is written to memory
+//! by the expand GEMM, read and written again by the depthwise pass and read once more by the
+//! project GEMM; at 112² or 56² it does not fit in L2, so the block is bound by memory traffic
+//! and pays three allocations and three fork-joins. Here each thread owns a band of output rows
+//! and walks it in strips sized so that the strip's expanded rows and depthwise output stay in
+//! L2; expanded rows shared by two consecutive strips (the depthwise kernel's overlap) are kept,
+//! not recomputed. A block is one fork-join, one allocation (its output), and its hidden
+//! activations never leave the cache.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::conv::{epilogue, Conv2d, KernelKind};
+use crate::depthwise::{self, Plane};
+use crate::gemm_f32::sgemm_raw;
+
+/// Target size of one strip's expanded rows (bytes); with the depthwise output beside it and the
+/// project weight, a strip's working set stays well inside a 1–2 MiB L2.
+const STRIP_BYTES: usize = 320 * 1024;
+
+/// Padding of the depthwise convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DwPadding {
+    /// The padding in the depthwise convolution's [`crate::ConvShape`].
+    Fixed,
+    /// TensorFlow "SAME": computed from the input size at each call, the odd pixel at the bottom
+    /// and right.
+    TfSame,
+}
+
+/// A fused inverted residual block over NCHW f32 slices. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct InvertedResidual {
+    expand: Option<Arc<Conv2d>>,
+    dw: Arc<Conv2d>,
+    project: Arc<Conv2d>,
+    residual: bool,
+    padding: DwPadding,
+    /// Target bytes of a strip's expanded rows ([`STRIP_BYTES`]; tests shrink it).
+    strip_bytes: usize,
+}
+
+thread_local! {
+    /// Strip buffers (expanded rows, depthwise output), reused across calls on the same thread.
+    static STRIP: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// A pointer to the output handed to the band tasks, which write disjoint rows.
+struct OutPtr(*mut f32);
+// SAFETY: each task writes only its own band of output rows.
+unsafe impl Sync for OutPtr {}
+unsafe impl Send for OutPtr {}
+
+impl InvertedResidual {
+    /// Fuses `expand` (1×1, optional: expansion factor 1 has none), `dw` (depthwise) and
+    /// `project` (1×1). `residual` adds the block's input to the projection before its
+    /// activation (stride 1, same channels). Panics if the three do not chain.
+    pub fn new(
+        expand: Option<Arc<Conv2d>>,
+        dw: Arc<Conv2d>,
+        project: Arc<Conv2d>,
+        residual: bool,
+        padding: DwPadding,
+    ) -> Self {
+        let d = dw.shape();
+        assert_eq!(dw.kind(), KernelKind::Depthwise, "fused block: dw is not depthwise");
+        if let Some(e) = &expand {
+            assert_eq!(e.kind(), KernelKind::Pointwise, "fused block: expand is not 1×1");
+            assert_eq!(e.shape().groups, 1, "fused block: grouped expand");
+            assert_eq!(e.shape().cout, d.cin, "fused block: expand → dw channels");
+        }
+        let p = project.shape();
+        assert_eq!(project.kind(), KernelKind::Pointwise, "fused block: project is not 1×1");
+        assert_eq!(p.groups, 1, "fused block: grouped project");
+        assert_eq!(p.cin, d.cout, "fused block: dw → project channels");
+        let cin = expand.as_ref().map_or(d.cin, |e| e.shape().cin);
+        assert!(
+            !residual || (d.stride == 1 && cin == p.cout),
+            "fused block: residual needs stride 1 and cin == cout"
+        );
+        Self {
+            expand,
+            dw,
+            project,
+            residual,
+            padding,
+            strip_bytes: STRIP_BYTES,
+        }
+    }
+
+    /// Input channels.
+    pub fn cin(&self) -> usize {
+        self.expand
+            .as_ref()
+            .map_or(self.dw.shape().cin, |e| e.shape().cin)
+    }
+
+    /// Output channels.
+    pub fn cout(&self) -> usize {
+        self.project.shape().cout
+    }
+
+    /// The depthwise padding `[top, bottom, left, right]` for an `h × w` input.
+    pub fn dw_pad(&self, h: usize, w: usize) -> [usize; 4] {
+        let s = self.dw.shape();
+        match self.padding {
+            DwPadding::Fixed => s.pad,
+            DwPadding::TfSame => {
+                let (t, b) = tf_same(h, s.kernel, s.stride);
+                let (l, r) = tf_same(w, s.kernel, s.stride);
+                [t, b, l, r]
+            }
+        }
+    }
+
+    /// Output dimensions `[n, cout, oh, ow]` for input `[n, cin, h, w]`.
+    pub fn out_dims(&self, n: usize, h: usize, w: usize) -> [usize; 4] {
+        let s = crate::ConvShape {
+            pad: self.dw_pad(h, w),
+            ..self.dw.shape()
+        };
+        let (oh, ow) = s.out_hw(h, w);
+        [n, self.cout(), oh, ow]
+    }
+
+    /// The block on `x` `[n, cin, h, w]` contiguous; returns `[n, cout, oh, ow]` contiguous.
+    /// Parallel over bands of output rows in the current rayon pool (see [`crate::serial`]).
+    pub fn forward(&self, x: &[f32], n: usize, h: usize, w: usize) -> Vec<f32> {
+        let cin = self.cin();
+        assert_eq!(x.len(), n * cin * h * w, "input size");
+        let [_, cout, oh, ow] = self.out_dims(n, h, w);
+        let pad = self.dw_pad(h, w);
+        let img_out = cout * oh * ow;
+        let mut out: Vec<f32> = Vec::with_capacity(n * img_out);
+        // SAFETY: the bands below write every output element before anything reads it, and f32
+        // has no invalid bit patterns.
+        #[allow(clippy::uninit_vec)]
+        unsafe {
+            out.set_len(n * img_out)
+        };
+        let bands = crate::current_threads().min(oh).max(1);
+        for (i, yi) in out.chunks_mut(img_out).enumerate() {
+            let xi = &x[i * cin * h * w..(i + 1) * cin * h * w];
+            let y = OutPtr(yi.as_mut_ptr());
+            let band = |b: usize| {
+                let y = &y;
+                let (r0, r1) = (b * oh / bands, (b + 1) * oh / bands);
+                // SAFETY: `y` is this image's `[cout × oh × ow]` output; bands are disjoint row
+                // ranges.
+                unsafe { self.band(xi, h, w, pad, oh, ow, r0..r1, y.0) }
+            };
+            if bands == 1 {
+                band(0);
+            } else {
+                (0..bands).into_par_iter().for_each(band);
+            }
+        }
+        out
+    }
+
+    /// Output rows `rows` of one image, strip by strip, on the calling thread.
+    ///
+    /// # Safety
+    /// `y` points to the image's `[cout × oh × ow]` output; no one else touches `rows` of it.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn band(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        pad: [usize; 4],
+        oh: usize,
+        ow: usize,
+        rows: std::ops::Range<usize>,
+        y: *mut f32,
+    ) {
+        let d = self.dw.shape();
+        let (k, s, chid) = (d.kernel, d.stride, d.cout);
+        let cin = self.cin();
+        let cout = self.cout();
+        // Strip height: expanded rows (`(r - 1)·s + k` of them) about STRIP_BYTES.
+        let row_bytes = chid * w * std::mem::size_of::<f32>();
+        let fit = (self.strip_bytes / row_bytes.max(1)).saturating_sub(k) / s + 1;
+        let strip = fit.clamp(1, rows.len().max(1));
+        let e_rows = (strip - 1) * s + k;
+        let e_len = if self.expand.is_some() {
+            chid * e_rows * w
+        } else {
+            0
+        };
+        let mut buf = STRIP.with(|c| c.take());
+        buf.resize(e_len + chid * strip * ow, 0.0);
+        let (ebuf, dbuf) = buf.split_at_mut(e_len);
+        let mut scratch = depthwise::Scratch::default();
+        let (wd, bd, act_d) = (self.dw.weight(), self.dw.bias(), self.dw.activation());
+        let (wp, bp, act_p) = (
+            self.project.weight(),
+            self.project.bias(),
+            self.project.activation(),
+        );
+        // Global input rows held in `ebuf`, from its row 0.
+        let mut have = 0..0;
+        let mut a = rows.start;
+        while a < rows.end {
+            let b = (a + strip).min(rows.end);
+            let rs = b - a;
+            // Input rows this strip's windows cover, padding included, then clipped to the image.
+            let lo = (a * s) as isize - pad[0] as isize;
+            let hi = ((b - 1) * s + k) as isize - pad[0] as isize;
+            let e0 = lo.max(0) as usize;
+            let e1 = (hi.min(h as isize)).max(e0 as isize) as usize;
+            assert!(e1 > e0, "fused block: a strip reads only padding");
+            let plane = Plane {
+                k,
+                stride: s,
+                pad: [
+                    (e0 as isize - lo) as usize,
+                    (hi - e1 as isize).max(0) as usize,
+                    pad[2],
+                    pad[3],
+                ],
+                h: e1 - e0,
+                w,
+                oh: rs,
+                ow,
+            };
+            if let Some(ex) = &self.expand {
+                let mut done = e0;
+                if have.contains(&e0) {
+                    // Rows the previous strip expanded: move them to the front.
+                    let keep = have.end.min(e1) - e0;
+                    let off = (e0 - have.start) * w;
+                    if off > 0 {
+                        for ch in 0..chid {
+                            let c0 = ch * e_rows * w;
+                            ebuf.copy_within(c0 + off..c0 + off + keep * w, c0);
+                        }
+                    }
+                    done = e0 + keep;
+                }
+                if e1 > done {
+                    let (n_new, off) = ((e1 - done) * w, (done - e0) * w);
+                    // SAFETY: `x` is `[cin × h × w]`, rows done..e1 exist; `ebuf` is
+                    // `[chid × e_rows × w]` and e1 - e0 <= e_rows.
+                    unsafe {
+                        sgemm_raw(
+                            chid,
+                            n_new,
+                            cin,
+                            ex.weight().as_ptr(),
+                            cin,
+                            x.as_ptr().add(done * w),
+                            h * w,
+                            ebuf.as_mut_ptr().add(off),
+                            e_rows * w,
+                            false,
+                            1,
+                        )
+                    };
+                    let (be, act_e) = (ex.bias(), ex.activation());
+                    for ch in 0..chid {
+                        let c0 = ch * e_rows * w + off;
+                        epilogue(
+                            &mut ebuf[c0..c0 + n_new],
+                            n_new,
+                            &be[ch..ch + 1],
+                            None,
+                            act_e,
+                        );
+                    }
+                }
+                have = e0..e1;
+            }
+            let kk = k * k;
+            let plane_len = rs * ow;
+            for ch in 0..chid {
+                let src = if self.expand.is_some() {
+                    &ebuf[ch * e_rows * w..ch * e_rows * w + (e1 - e0) * w]
+                } else {
+                    &x[(ch * h + e0) * w..(ch * h + e1) * w]
+                };
+                depthwise::plane(
+                    &plane,
+                    src,
+                    &wd[ch * kk..(ch + 1) * kk],
+                    bd[ch],
+                    None,
+                    act_d,
+                    &mut dbuf[ch * plane_len..(ch + 1) * plane_len],
+                    &mut scratch,
+                );
+            }
+            // SAFETY: `dbuf` is `[chid × rs·ow]`; output columns a·ow..b·ow of every channel
+            // row are this band's.
+            unsafe {
+                sgemm_raw(
+                    cout,
+                    plane_len,
+                    chid,
+                    wp.as_ptr(),
+                    chid,
+                    dbuf.as_ptr(),
+                    plane_len,
+                    y.add(a * ow),
+                    oh * ow,
+                    false,
+                    1,
+                )
+            };
+            for co in 0..cout {
+                // SAFETY: as above; the row slice lies in this band's rows of channel `co`.
+                let row =
+                    unsafe { std::slice::from_raw_parts_mut(y.add(co * oh * ow + a * ow), plane_len) };
+                // With a residual, stride is 1 and the output has the input's size.
+                let res = self
+                    .residual
+                    .then(|| &x[co * h * w + a * w..co * h * w + a * w + plane_len]);
+                epilogue(row, plane_len, &bp[co..co + 1], res, act_p);
+            }
+            a = b;
+        }
+        STRIP.with(|c| c.set(buf));
+    }
+}
+
+/// TensorFlow "SAME" padding along one axis for an input of `input` pixels: `(before, after)`,
+/// the odd pixel after.
+pub fn tf_same(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let out = input.div_ceil(stride);
+    let total = ((out.saturating_sub(1)) * stride + kernel).saturating_sub(input);
+    (total / 2, total - total / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Activation, ConvShape};
+
+    fn vals(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn conv(cin: usize, cout: usize, k: usize, s: usize, g: usize, pad: [usize; 4]) -> Conv2d {
+        let shape = ConvShape {
+            cin,
+            cout,
+            kernel: k,
+            stride: s,
+            groups: g,
+            pad,
+        };
+        let w = vals(cout * (cin / g) * k * k, (cin * 31 + cout * 7 + k) as u32);
+        let b = vals(cout, cout as u32 + 5);
+        let act = if k == 1 && g == 1 && cout < cin * 2 {
+            Activation::None
+        } else {
+            Activation::Relu6
+        };
+        Conv2d::new(shape, &w, Some(&b), act)
+    }
+
+    /// The fused block against its three convolutions run one after the other, for strips of
+    /// one row up to whole images, bands from 1 to 3 threads, strides 1 and 2, 3×3 and 5×5,
+    /// fixed and TensorFlow padding, with and without expansion and residual.
+    #[test]
+    fn matches_layer_by_layer() {
+        // (cin, expansion, cout, k, stride, tf padding, h, w)
+        let cases = [
+            (8, 6, 8, 3, 1, false, 13, 11),
+            (8, 6, 16, 3, 2, false, 14, 9),
+            (8, 6, 16, 3, 2, false, 15, 10),
+            (8, 1, 4, 3, 1, false, 12, 12),
+            (8, 4, 8, 5, 1, true, 9, 17),
+            (8, 6, 12, 5, 2, true, 16, 16),
+            (8, 6, 12, 3, 2, true, 17, 8),
+            (16, 6, 16, 3, 1, false, 3, 5),
+            (4, 6, 4, 3, 1, false, 40, 40),
+        ];
+        for (cin, t, cout, k, s, tf, h, w) in cases {
+            let chid = cin * t;
+            let expand = (t != 1).then(|| Arc::new(conv(cin, chid, 1, 1, 1, [0; 4])));
+            let padding = if tf {
+                DwPadding::TfSame
+            } else {
+                DwPadding::Fixed
+            };
+            let fixed = [(k - 1) / 2; 4];
+            let dw_pad = if tf {
+                let (t0, b0) = tf_same(h, k, s);
+                let (l0, r0) = tf_same(w, k, s);
+                [t0, b0, l0, r0]
+            } else {
+                fixed
+            };
+            // The fused block computes TF padding itself; the reference conv gets it explicitly.
+            let dw = Arc::new(conv(chid, chid, k, s, chid, fixed));
+            let dw_ref = conv(chid, chid, k, s, chid, dw_pad);
+            let project = Arc::new(conv(chid, cout, 1, 1, 1, [0; 4]));
+            let residual = s == 1 && cin == cout;
+            let block =
+                InvertedResidual::new(expand.clone(), dw, project.clone(), residual, padding);
+            let n = 2;
+            let x = vals(n * cin * h * w, 9);
+            let e = match &expand {
+                Some(e) => e.forward(&x, n, h, w, None),
+                None => x.clone(),
+            };
+            let [_, _, oh, ow] = dw_ref.out_dims(n, h, w);
+            let d = dw_ref.forward(&e, n, h, w, None);
+            let want = project.forward(&d, n, oh, ow, residual.then_some(&x[..]));
+            assert_eq!(block.out_dims(n, h, w), [n, cout, oh, ow]);
+            for threads in 1..=3 {
+                for strip_bytes in [1usize, 4096, usize::MAX] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let got = pool.install(|| forward_with_strip(&block, &x, n, h, w, strip_bytes));
+                    let diff = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        diff < 1e-4,
+                        "{cin}x{t}->{cout} k{k} s{s} tf={tf} {h}x{w}, {threads} threads, \
+                         strip {strip_bytes}: max diff {diff}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn forward_with_strip(
+        b: &InvertedResidual,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        strip_bytes: usize,
+    ) -> Vec<f32> {
+        let b = InvertedResidual {
+            strip_bytes,
+            ..b.clone()
+        };
+        b.forward(x, n, h, w)
+    }
+}
