@@ -15,9 +15,11 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::act::Activation;
 use crate::conv::{epilogue, Conv2d, KernelKind};
-use crate::depthwise::{self, Plane};
-use crate::gemm_f32::sgemm_raw;
+use crate::dw_nhwc;
+use crate::gemm_f32::sgemm_strided;
+use crate::transpose::transpose;
 
 /// Target size of one strip's expanded rows (bytes); with the depthwise output beside it and the
 /// project weight, a strip's working set stays well inside a 1–2 MiB L2.
@@ -41,6 +43,8 @@ pub struct InvertedResidual {
     project: Arc<Conv2d>,
     residual: bool,
     padding: DwPadding,
+    /// The depthwise weight transposed to `[k·k][channel]` for the channels-last kernel.
+    dw_t: Vec<f32>,
     /// Target bytes of a strip's expanded rows ([`STRIP_BYTES`]; tests shrink it).
     strip_bytes: usize,
 }
@@ -83,8 +87,16 @@ impl InvertedResidual {
             !residual || (d.stride == 1 && cin == p.cout),
             "fused block: residual needs stride 1 and cin == cout"
         );
+        let kk = d.kernel * d.kernel;
+        let mut dw_t = vec![0f32; kk * d.cout];
+        for (ch, taps) in dw.weight().chunks(kk).enumerate() {
+            for (t, &v) in taps.iter().enumerate() {
+                dw_t[t * d.cout + ch] = v;
+            }
+        }
         Self {
             expand,
+            dw_t,
             dw,
             project,
             residual,
@@ -165,6 +177,11 @@ impl InvertedResidual {
 
     /// Output rows `rows` of one image, strip by strip, on the calling thread.
     ///
+    /// Inside a strip the hidden activations are channels-last (`[row][col][channel]`): the
+    /// expand GEMM writes them so (the `gemm` crate takes any output strides), the depthwise
+    /// kernel vectorises along channels ([`dw_nhwc`]), and the project GEMM reads them back as
+    /// a strided operand and writes the block's NCHW output.
+    ///
     /// # Safety
     /// `y` points to the image's `[cout × oh × ow]` output; no one else touches `rows` of it.
     #[allow(clippy::too_many_arguments)]
@@ -183,21 +200,19 @@ impl InvertedResidual {
         let (k, s, chid) = (d.kernel, d.stride, d.cout);
         let cin = self.cin();
         let cout = self.cout();
-        // Strip height: expanded rows (`(r - 1)·s + k` of them) about STRIP_BYTES.
-        let row_bytes = chid * w * std::mem::size_of::<f32>();
-        let fit = (self.strip_bytes / row_bytes.max(1)).saturating_sub(k) / s + 1;
+        // Strip height: expanded rows (`(r - 1)·s + k` of them) about `strip_bytes`.
+        let row_len = chid * w;
+        let fit = (self.strip_bytes / (row_len * std::mem::size_of::<f32>()).max(1))
+            .saturating_sub(k)
+            / s
+            + 1;
         let strip = fit.clamp(1, rows.len().max(1));
-        let e_rows = (strip - 1) * s + k;
-        let e_len = if self.expand.is_some() {
-            chid * e_rows * w
-        } else {
-            0
-        };
+        let e_rows = ((strip - 1) * s + k).min(h);
+        let e_len = e_rows * row_len;
         let mut buf = STRIP.with(|c| c.take());
-        buf.resize(e_len + chid * strip * ow, 0.0);
+        buf.resize(e_len + 2 * strip * ow * chid, 0.0);
         let (ebuf, dbuf) = buf.split_at_mut(e_len);
-        let mut scratch = depthwise::Scratch::default();
-        let (wd, bd, act_d) = (self.dw.weight(), self.dw.bias(), self.dw.activation());
+        let (dbuf, dcf) = dbuf.split_at_mut(strip * ow * chid);
         let (wp, bp, act_p) = (
             self.project.weight(),
             self.project.bias(),
@@ -215,116 +230,134 @@ impl InvertedResidual {
             let e0 = lo.max(0) as usize;
             let e1 = (hi.min(h as isize)).max(e0 as isize) as usize;
             assert!(e1 > e0, "fused block: a strip reads only padding");
-            let plane = Plane {
+            let mut done = e0;
+            if have.contains(&e0) {
+                // Rows the previous strip already holds: move them to the front.
+                let keep = have.end.min(e1) - e0;
+                let off = (e0 - have.start) * row_len;
+                ebuf.copy_within(off..off + keep * row_len, 0);
+                done = e0 + keep;
+            }
+            if e1 > done {
+                let new = &mut ebuf[(done - e0) * row_len..(e1 - e0) * row_len];
+                let src = &x[done * w..];
+                match &self.expand {
+                    Some(ex) => {
+                        // SAFETY: `x` is `[cin × h × w]` and rows done..e1 exist; `new` holds
+                        // (e1 - done)·w pixels of `chid` channels.
+                        unsafe {
+                            sgemm_strided(
+                                chid,
+                                (e1 - done) * w,
+                                cin,
+                                ex.weight().as_ptr(),
+                                (cin, 1),
+                                src.as_ptr(),
+                                (h * w, 1),
+                                new.as_mut_ptr(),
+                                (1, chid),
+                            )
+                        };
+                        epilogue_channels_last(new, ex.bias(), ex.activation());
+                    }
+                    None => {
+                        // No expansion: the input itself, transposed to channels-last.
+                        let npx = new.len() / chid;
+                        transpose(src, h * w, chid, npx, new, chid);
+                    }
+                }
+            }
+            have = e0..e1;
+            let plane = dw_nhwc::Strip {
                 k,
                 stride: s,
-                pad: [
-                    (e0 as isize - lo) as usize,
-                    (hi - e1 as isize).max(0) as usize,
-                    pad[2],
-                    pad[3],
-                ],
+                c: chid,
                 h: e1 - e0,
                 w,
+                top: (e0 as isize - lo) as usize,
+                left: pad[2],
                 oh: rs,
                 ow,
             };
-            if let Some(ex) = &self.expand {
-                let mut done = e0;
-                if have.contains(&e0) {
-                    // Rows the previous strip expanded: move them to the front.
-                    let keep = have.end.min(e1) - e0;
-                    let off = (e0 - have.start) * w;
-                    if off > 0 {
-                        for ch in 0..chid {
-                            let c0 = ch * e_rows * w;
-                            ebuf.copy_within(c0 + off..c0 + off + keep * w, c0);
-                        }
-                    }
-                    done = e0 + keep;
-                }
-                if e1 > done {
-                    let (n_new, off) = ((e1 - done) * w, (done - e0) * w);
-                    // SAFETY: `x` is `[cin × h × w]`, rows done..e1 exist; `ebuf` is
-                    // `[chid × e_rows × w]` and e1 - e0 <= e_rows.
-                    unsafe {
-                        sgemm_raw(
-                            chid,
-                            n_new,
-                            cin,
-                            ex.weight().as_ptr(),
-                            cin,
-                            x.as_ptr().add(done * w),
-                            h * w,
-                            ebuf.as_mut_ptr().add(off),
-                            e_rows * w,
-                            false,
-                            1,
-                        )
-                    };
-                    let (be, act_e) = (ex.bias(), ex.activation());
-                    for ch in 0..chid {
-                        let c0 = ch * e_rows * w + off;
-                        epilogue(
-                            &mut ebuf[c0..c0 + n_new],
-                            n_new,
-                            &be[ch..ch + 1],
-                            None,
-                            act_e,
-                        );
-                    }
-                }
-                have = e0..e1;
-            }
-            let kk = k * k;
-            let plane_len = rs * ow;
-            for ch in 0..chid {
-                let src = if self.expand.is_some() {
-                    &ebuf[ch * e_rows * w..ch * e_rows * w + (e1 - e0) * w]
-                } else {
-                    &x[(ch * h + e0) * w..(ch * h + e1) * w]
-                };
-                depthwise::plane(
-                    &plane,
-                    src,
-                    &wd[ch * kk..(ch + 1) * kk],
-                    bd[ch],
-                    None,
-                    act_d,
-                    &mut dbuf[ch * plane_len..(ch + 1) * plane_len],
-                    &mut scratch,
-                );
-            }
-            // SAFETY: `dbuf` is `[chid × rs·ow]`; output columns a·ow..b·ow of every channel
-            // row are this band's.
+            let npx = rs * ow;
+            let dst = &mut dbuf[..npx * chid];
+            dw_nhwc::strip(
+                &plane,
+                &ebuf[..(e1 - e0) * row_len],
+                &self.dw_t,
+                self.dw.bias(),
+                self.dw.activation(),
+                dst,
+            );
+            // Back to channels-first for the project GEMM, whose fast path streams the pixels of
+            // each channel (read in place, not repacked).
+            let dcf = &mut dcf[..npx * chid];
+            transpose(dst, chid, npx, chid, dcf, npx);
+            // SAFETY: `dcf` is `[chid × npx]`; output columns a·ow..b·ow of every channel row
+            // are this band's.
             unsafe {
-                sgemm_raw(
+                sgemm_strided(
                     cout,
-                    plane_len,
+                    npx,
                     chid,
                     wp.as_ptr(),
-                    chid,
-                    dbuf.as_ptr(),
-                    plane_len,
+                    (chid, 1),
+                    dcf.as_ptr(),
+                    (npx, 1),
                     y.add(a * ow),
-                    oh * ow,
-                    false,
-                    1,
+                    (oh * ow, 1),
                 )
             };
             for co in 0..cout {
                 // SAFETY: as above; the row slice lies in this band's rows of channel `co`.
                 let row =
-                    unsafe { std::slice::from_raw_parts_mut(y.add(co * oh * ow + a * ow), plane_len) };
+                    unsafe { std::slice::from_raw_parts_mut(y.add(co * oh * ow + a * ow), npx) };
                 // With a residual, stride is 1 and the output has the input's size.
                 let res = self
                     .residual
-                    .then(|| &x[co * h * w + a * w..co * h * w + a * w + plane_len]);
-                epilogue(row, plane_len, &bp[co..co + 1], res, act_p);
+                    .then(|| &x[co * h * w + a * w..co * h * w + a * w + npx]);
+                epilogue(row, npx, &bp[co..co + 1], res, act_p);
             }
             a = b;
         }
         STRIP.with(|c| c.set(buf));
+    }
+}
+
+/// `y[px][c] = act(y[px][c] + bias[c])` over channels-last pixels.
+fn epilogue_channels_last(y: &mut [f32], bias: &[f32], act: Activation) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::depthwise::Isa;
+        match Isa::detect() {
+            // SAFETY: the features were detected on this CPU.
+            Isa::Avx512 => return unsafe { epilogue_cl_avx512(y, bias, act) },
+            Isa::Avx2Fma => return unsafe { epilogue_cl_avx2(y, bias, act) },
+            Isa::Baseline => {}
+        }
+    }
+    epilogue_cl_body(y, bias, act)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn epilogue_cl_avx512(y: &mut [f32], bias: &[f32], act: Activation) {
+    epilogue_cl_body(y, bias, act)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn epilogue_cl_avx2(y: &mut [f32], bias: &[f32], act: Activation) {
+    epilogue_cl_body(y, bias, act)
+}
+
+#[inline(always)]
+fn epilogue_cl_body(y: &mut [f32], bias: &[f32], act: Activation) {
+    let (lo, hi) = act.bounds();
+    for px in y.chunks_exact_mut(bias.len()) {
+        for (v, &b) in px.iter_mut().zip(bias) {
+            *v = (*v + b).max(lo).min(hi);
+        }
     }
 }
 
@@ -433,7 +466,7 @@ mod tests {
                         .iter()
                         .zip(&want)
                         .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, f32::max);
+                        .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
                     assert!(
                         diff < 1e-4,
                         "{cin}x{t}->{cout} k{k} s{s} tf={tf} {h}x{w}, {threads} threads, \

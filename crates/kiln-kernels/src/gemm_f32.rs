@@ -102,6 +102,49 @@ pub(crate) unsafe fn sgemm_raw(
     }
 }
 
+/// `C = (accumulate ? C : 0) + A · B` with any element strides: `A[i][p]` at `a + i·a_rs + p·a_cs`,
+/// `B[p][j]` at `b + p·b_rs + j·b_cs`, `C[i][j]` at `c + i·c_rs + j·c_cs`. On the calling thread.
+///
+/// # Safety
+/// Every element those strides reach for `i < m`, `p < k`, `j < n` must be readable (`a`, `b`)
+/// or writable and unaliased (`c`); `k > 0`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    (a_rs, a_cs): (usize, usize),
+    b: *const f32,
+    (b_rs, b_cs): (usize, usize),
+    c: *mut f32,
+    (c_rs, c_cs): (usize, usize),
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            c_cs as isize,
+            c_rs as isize,
+            false,
+            a,
+            a_cs as isize,
+            a_rs as isize,
+            b,
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::sgemm;

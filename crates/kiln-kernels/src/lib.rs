@@ -38,8 +38,10 @@ mod act;
 mod block;
 mod conv;
 mod depthwise;
+mod dw_nhwc;
 mod gemm_f32;
 mod packed_gemm;
+mod transpose;
 
 pub use act::Activation;
 pub use block::{tf_same as tf_same_padding, DwPadding, InvertedResidual};
