@@ -19,6 +19,7 @@ use crate::act::Activation;
 use crate::conv::{epilogue, Conv2d, KernelKind};
 use crate::dw_nhwc;
 use crate::gemm_f32::sgemm_strided;
+use crate::pw_nhwc::PackedPw;
 use crate::transpose::transpose;
 
 /// Target size of one strip's expanded rows (bytes); with the depthwise output beside it and the
@@ -43,6 +44,8 @@ pub struct InvertedResidual {
     project: Arc<Conv2d>,
     residual: bool,
     padding: DwPadding,
+    /// The expand weight packed for the channels-last 1×1 kernel (AVX-512 CPUs).
+    expand_cl: Option<PackedPw>,
     /// The depthwise weight transposed to `[k·k][channel]` for the channels-last kernel.
     dw_t: Vec<f32>,
     /// Target bytes of a strip's expanded rows ([`STRIP_BYTES`]; tests shrink it).
@@ -94,7 +97,12 @@ impl InvertedResidual {
                 dw_t[t * d.cout + ch] = v;
             }
         }
+        let expand_cl = expand.as_ref().filter(|_| PackedPw::supported()).map(|e| {
+            let s = e.shape();
+            PackedPw::new(e.weight(), e.bias(), s.cin, s.cout, e.activation())
+        });
         Self {
+            expand_cl,
             expand,
             dw_t,
             dw,
@@ -242,6 +250,12 @@ impl InvertedResidual {
                 let new = &mut ebuf[(done - e0) * row_len..(e1 - e0) * row_len];
                 let src = &x[done * w..];
                 match &self.expand {
+                    Some(_) if self.expand_cl.is_some() => {
+                        let npx = (e1 - done) * w;
+                        if let Some(pw) = &self.expand_cl {
+                            pw.run(src, h * w, npx, new);
+                        }
+                    }
                     Some(ex) => {
                         // SAFETY: `x` is `[cin × h × w]` and rows done..e1 exist; `new` holds
                         // (e1 - done)·w pixels of `chid` channels.

@@ -41,6 +41,7 @@ mod depthwise;
 mod dw_nhwc;
 mod gemm_f32;
 mod packed_gemm;
+mod pw_nhwc;
 mod transpose;
 
 pub use act::Activation;
