@@ -13,8 +13,6 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use crate::act::Activation;
 use crate::conv::{epilogue, Conv2d, KernelKind};
 use crate::dw_nhwc;
@@ -75,14 +73,26 @@ impl InvertedResidual {
         padding: DwPadding,
     ) -> Self {
         let d = dw.shape();
-        assert_eq!(dw.kind(), KernelKind::Depthwise, "fused block: dw is not depthwise");
+        assert_eq!(
+            dw.kind(),
+            KernelKind::Depthwise,
+            "fused block: dw is not depthwise"
+        );
         if let Some(e) = &expand {
-            assert_eq!(e.kind(), KernelKind::Pointwise, "fused block: expand is not 1×1");
+            assert_eq!(
+                e.kind(),
+                KernelKind::Pointwise,
+                "fused block: expand is not 1×1"
+            );
             assert_eq!(e.shape().groups, 1, "fused block: grouped expand");
             assert_eq!(e.shape().cout, d.cin, "fused block: expand → dw channels");
         }
         let p = project.shape();
-        assert_eq!(project.kind(), KernelKind::Pointwise, "fused block: project is not 1×1");
+        assert_eq!(
+            project.kind(),
+            KernelKind::Pointwise,
+            "fused block: project is not 1×1"
+        );
         assert_eq!(p.groups, 1, "fused block: grouped project");
         assert_eq!(p.cin, d.cout, "fused block: dw → project channels");
         let cin = expand.as_ref().map_or(d.cin, |e| e.shape().cin);
@@ -177,7 +187,7 @@ impl InvertedResidual {
             if bands == 1 {
                 band(0);
             } else {
-                (0..bands).into_par_iter().for_each(band);
+                crate::par_for(bands, band);
             }
         }
         out
@@ -476,11 +486,14 @@ mod tests {
                         .build()
                         .unwrap();
                     let got = pool.install(|| forward_with_strip(&block, &x, n, h, w, strip_bytes));
-                    let diff = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
+                    let diff =
+                        got.iter()
+                            .zip(&want)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(
+                                0f32,
+                                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                            );
                     assert!(
                         diff < 1e-4,
                         "{cin}x{t}->{cout} k{k} s{s} tf={tf} {h}x{w}, {threads} threads, \

@@ -2,8 +2,6 @@
 
 use std::cell::Cell;
 
-use rayon::prelude::*;
-
 use crate::act::Activation;
 use crate::depthwise::{self, Plane};
 use crate::gemm_f32::{sgemm, sgemm_raw};
@@ -242,9 +240,9 @@ impl Conv2d {
                 .enumerate()
                 .for_each(|a| run(&mut scratch, a));
         } else {
-            out.par_chunks_mut(ohw)
-                .enumerate()
-                .for_each_init(depthwise::Scratch::default, run);
+            crate::par_chunks_mut(&mut out, ohw, |i, o| {
+                run(&mut depthwise::Scratch::default(), (i, o))
+            });
         }
         out
     }
@@ -316,14 +314,14 @@ impl Conv2d {
                     job(0..np, 0..nt);
                 } else if nt >= 2 * threads {
                     let per = nt.div_ceil(threads * 2);
-                    (0..nt.div_ceil(per))
-                        .into_par_iter()
-                        .for_each(|c| job(0..np, c * per..((c + 1) * per).min(nt)));
+                    crate::par_for(nt.div_ceil(per), |c| {
+                        job(0..np, c * per..((c + 1) * per).min(nt))
+                    });
                 } else {
                     let per = np.div_ceil(threads * 2).max(1);
-                    (0..np.div_ceil(per))
-                        .into_par_iter()
-                        .for_each(|c| job(c * per..((c + 1) * per).min(np), 0..nt));
+                    crate::par_for(np.div_ceil(per), |c| {
+                        job(c * per..((c + 1) * per).min(np), 0..nt)
+                    });
                 }
                 continue;
             }
@@ -332,7 +330,7 @@ impl Conv2d {
                 // runs its GEMM serially and then the epilogue on what it just wrote.
                 let chunk = ohw.div_ceil(threads).next_multiple_of(16);
                 let optr = SendPtr(o.as_mut_ptr());
-                (0..ohw.div_ceil(chunk)).into_par_iter().for_each(|t| {
+                crate::par_for(ohw.div_ceil(chunk), |t| {
                     let optr = &optr;
                     let (j0, j1) = (t * chunk, ((t + 1) * chunk).min(ohw));
                     // SAFETY: `b` is `[kdim × ohw]`, the weight `[cout × kdim]`, `o`
@@ -362,27 +360,25 @@ impl Conv2d {
             } else if s.groups == 1 && threads > 1 {
                 // Few pixels (late layers): split the output channels instead.
                 let rows = s.cout.div_ceil(threads);
-                o.par_chunks_mut(rows * ohw)
-                    .enumerate()
-                    .for_each(|(t, oc)| {
-                        let c0 = t * rows;
-                        let nr = oc.len() / ohw;
-                        sgemm(
-                            nr,
-                            ohw,
-                            kdim,
-                            &self.weight[c0 * kdim..],
-                            kdim,
-                            b,
-                            ohw,
-                            oc,
-                            ohw,
-                            false,
-                            1,
-                        );
-                        let rc = r.map(|r| &r[c0 * ohw..c0 * ohw + oc.len()]);
-                        epilogue(oc, ohw, &self.bias[c0..], rc, act);
-                    });
+                crate::par_chunks_mut(o, rows * ohw, |t, oc| {
+                    let c0 = t * rows;
+                    let nr = oc.len() / ohw;
+                    sgemm(
+                        nr,
+                        ohw,
+                        kdim,
+                        &self.weight[c0 * kdim..],
+                        kdim,
+                        b,
+                        ohw,
+                        oc,
+                        ohw,
+                        false,
+                        1,
+                    );
+                    let rc = r.map(|r| &r[c0 * ohw..c0 * ohw + oc.len()]);
+                    epilogue(oc, ohw, &self.bias[c0..], rc, act);
+                });
             } else {
                 let group = |(g, og): (usize, &mut [f32])| {
                     let wg = &self.weight[g * cout_g * kdim..(g + 1) * cout_g * kdim];
@@ -395,7 +391,7 @@ impl Conv2d {
                 if threads == 1 || s.groups == 1 {
                     o.chunks_mut(cout_g * ohw).enumerate().for_each(group);
                 } else {
-                    o.par_chunks_mut(cout_g * ohw).enumerate().for_each(group);
+                    crate::par_chunks_mut(o, cout_g * ohw, |g, og| group((g, og)));
                 }
             }
         }
@@ -405,7 +401,13 @@ impl Conv2d {
 }
 
 /// `y = act(y + bias[row] (+ res))` over rows of `ohw`, compiled for the CPU's vector width.
-pub(crate) fn epilogue(y: &mut [f32], ohw: usize, bias: &[f32], res: Option<&[f32]>, act: Activation) {
+pub(crate) fn epilogue(
+    y: &mut [f32],
+    ohw: usize,
+    bias: &[f32],
+    res: Option<&[f32]>,
+    act: Activation,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::depthwise::Isa;
@@ -523,9 +525,7 @@ fn im2col(
     if threads == 1 {
         cols.chunks_mut(k * k * ohw).enumerate().for_each(channel);
     } else {
-        cols.par_chunks_mut(k * k * ohw)
-            .enumerate()
-            .for_each(channel);
+        crate::par_chunks_mut(cols, k * k * ohw, |c, cc| channel((c, cc)));
     }
 }
 

@@ -164,7 +164,11 @@ unsafe fn avx512<const K: usize, const S: usize>(
             let base = xp.wrapping_offset(iy0 * row as isize).wrapping_add(cb);
             let orow = op.add(oy * p.ow * c + cb);
             let store = |ox: usize, acc: __m512| {
-                _mm512_mask_storeu_ps(orow.add(ox * c), m, _mm512_min_ps(_mm512_max_ps(acc, vlo), vhi));
+                _mm512_mask_storeu_ps(
+                    orow.add(ox * c),
+                    m,
+                    _mm512_min_ps(_mm512_max_ps(acc, vlo), vhi),
+                );
             };
             // Edge pixels: taps checked one by one.
             let edge = |ox: usize| {
@@ -276,7 +280,10 @@ mod tests {
                     .iter()
                     .zip(&want)
                     .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
+                    .fold(
+                        0f32,
+                        |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                    );
                 assert!(diff < 1e-5, "k{k} s{s} c{c} {h}x{w}: max diff {diff}");
             }
         }

@@ -42,12 +42,14 @@ mod dw_nhwc;
 mod gemm_f32;
 mod packed_gemm;
 mod pw_nhwc;
+mod team;
 mod transpose;
 
 pub use act::Activation;
 pub use block::{tf_same as tf_same_padding, DwPadding, InvertedResidual};
 pub use conv::{Conv2d, ConvShape, KernelKind};
 pub use gemm_f32::sgemm;
+pub use team::{par_chunks_mut, par_for, team};
 
 thread_local! {
     static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

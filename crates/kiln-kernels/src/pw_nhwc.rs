@@ -28,7 +28,13 @@ pub(crate) struct PackedPw {
 
 impl PackedPw {
     /// Packs `weight` `[cout][cin]` (row-major) and `bias` `[cout]`.
-    pub(crate) fn new(weight: &[f32], bias: &[f32], cin: usize, cout: usize, act: Activation) -> Self {
+    pub(crate) fn new(
+        weight: &[f32],
+        bias: &[f32],
+        cin: usize,
+        cout: usize,
+        act: Activation,
+    ) -> Self {
         assert_eq!(weight.len(), cin * cout);
         assert_eq!(bias.len(), cout);
         let tiles = cout.div_ceil(NR);
@@ -62,7 +68,10 @@ impl PackedPw {
         if npx == 0 {
             return;
         }
-        assert!(x.len() >= (self.cin - 1) * ldx + npx, "pw_nhwc: input too short");
+        assert!(
+            x.len() >= (self.cin - 1) * ldx + npx,
+            "pw_nhwc: input too short"
+        );
         assert!(out.len() >= npx * self.cout, "pw_nhwc: output too short");
         // SAFETY: AVX-512F is available; the asserts bound every read and write.
         #[cfg(target_arch = "x86_64")]
@@ -84,7 +93,16 @@ impl PackedPw {
             let o = out.add(t * NR);
             let mut px = 0;
             while px + MR <= npx {
-                tile::<MR>(self, panel, bias, x.add(px), ldx, o.add(px * self.cout), m0, m1);
+                tile::<MR>(
+                    self,
+                    panel,
+                    bias,
+                    x.add(px),
+                    ldx,
+                    o.add(px * self.cout),
+                    m0,
+                    m1,
+                );
                 px += MR;
             }
             let x = x.add(px);
@@ -161,19 +179,34 @@ mod tests {
         if !PackedPw::supported() {
             return;
         }
-        for (cin, cout, npx, ldx) in [(24, 144, 560, 600), (16, 96, 13, 13), (160, 960, 49, 49), (3, 20, 5, 7)] {
-            let w: Vec<f32> = (0..cin * cout).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        for (cin, cout, npx, ldx) in [
+            (24, 144, 560, 600),
+            (16, 96, 13, 13),
+            (160, 960, 49, 49),
+            (3, 20, 5, 7),
+        ] {
+            let w: Vec<f32> = (0..cin * cout)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
             let b: Vec<f32> = (0..cout).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
-            let x: Vec<f32> = (0..cin * ldx).map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0).collect();
+            let x: Vec<f32> = (0..cin * ldx)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0)
+                .collect();
             let pw = PackedPw::new(&w, &b, cin, cout, Activation::Relu6);
             let mut out = vec![f32::NAN; npx * cout];
             pw.run(&x, ldx, npx, &mut out);
             for px in 0..npx {
                 for co in 0..cout {
-                    let r: f32 = b[co] + (0..cin).map(|ci| w[co * cin + ci] * x[ci * ldx + px]).sum::<f32>();
+                    let r: f32 = b[co]
+                        + (0..cin)
+                            .map(|ci| w[co * cin + ci] * x[ci * ldx + px])
+                            .sum::<f32>();
                     let want = r.clamp(0.0, 6.0);
                     let got = out[px * cout + co];
-                    assert!((got - want).abs() < 1e-4, "{cin}->{cout} px {px} co {co}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "{cin}->{cout} px {px} co {co}: {got} vs {want}"
+                    );
                 }
             }
         }

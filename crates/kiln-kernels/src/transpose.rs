@@ -13,8 +13,14 @@ pub(crate) fn transpose(
     if rows == 0 || cols == 0 {
         return;
     }
-    assert!(src.len() >= (rows - 1) * ss + cols, "transpose: src too short");
-    assert!(dst.len() >= (cols - 1) * ds + rows, "transpose: dst too short");
+    assert!(
+        src.len() >= (rows - 1) * ss + cols,
+        "transpose: src too short"
+    );
+    assert!(
+        dst.len() >= (cols - 1) * ds + rows,
+        "transpose: dst too short"
+    );
     let (mut i0, mut j_full) = (0, 0);
     #[cfg(target_arch = "x86_64")]
     if crate::depthwise::Isa::detect() == crate::depthwise::Isa::Avx512 {
@@ -23,7 +29,14 @@ pub(crate) fn transpose(
         for i in (0..i0).step_by(16) {
             for j in (0..j_full).step_by(16) {
                 // SAFETY: AVX-512F detected; the 16×16 block lies inside both bounds asserted.
-                unsafe { block16(src.as_ptr().add(i * ss + j), ss, dst.as_mut_ptr().add(j * ds + i), ds) };
+                unsafe {
+                    block16(
+                        src.as_ptr().add(i * ss + j),
+                        ss,
+                        dst.as_mut_ptr().add(j * ds + i),
+                        ds,
+                    )
+                };
             }
         }
     }
@@ -72,10 +85,22 @@ unsafe fn block16(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
         let v1 = _mm512_shuffle_f32x4::<0b11_01_11_01>(u[j], u[4 + j]);
         let w0 = _mm512_shuffle_f32x4::<0b10_00_10_00>(u[8 + j], u[12 + j]);
         let w1 = _mm512_shuffle_f32x4::<0b11_01_11_01>(u[8 + j], u[12 + j]);
-        _mm512_storeu_ps(dst.add(j * ds), _mm512_shuffle_f32x4::<0b10_00_10_00>(v0, w0));
-        _mm512_storeu_ps(dst.add((8 + j) * ds), _mm512_shuffle_f32x4::<0b11_01_11_01>(v0, w0));
-        _mm512_storeu_ps(dst.add((4 + j) * ds), _mm512_shuffle_f32x4::<0b10_00_10_00>(v1, w1));
-        _mm512_storeu_ps(dst.add((12 + j) * ds), _mm512_shuffle_f32x4::<0b11_01_11_01>(v1, w1));
+        _mm512_storeu_ps(
+            dst.add(j * ds),
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(v0, w0),
+        );
+        _mm512_storeu_ps(
+            dst.add((8 + j) * ds),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(v0, w0),
+        );
+        _mm512_storeu_ps(
+            dst.add((4 + j) * ds),
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(v1, w1),
+        );
+        _mm512_storeu_ps(
+            dst.add((12 + j) * ds),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(v1, w1),
+        );
     }
 }
 

@@ -20,9 +20,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{
-    global_avg_pool, Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear,
-};
+use crate::layers::{global_avg_pool, Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear};
 use crate::mobilenet_v2::make_divisible;
 use crate::ImageModel;
 
@@ -183,7 +181,6 @@ impl SameConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.conv.forward(&self.padded(x)?)
     }
-
 }
 
 /// The mobile inverted bottleneck (MBConv) without squeeze-excite, TensorFlow-padded.
@@ -200,7 +197,14 @@ fn mbconv(
         ConvBn::load(vb.pp(conv), vb.pp(bn), tf_geom(g), BN_EPS, act)
     };
     let expand = (expand != 1)
-        .then(|| load("_expand_conv", "_bn0", geom(cin, hidden, 1, 1, 1), Act::Relu6))
+        .then(|| {
+            load(
+                "_expand_conv",
+                "_bn0",
+                geom(cin, hidden, 1, 1, 1),
+                Act::Relu6,
+            )
+        })
         .transpose()?;
     let depthwise = load(
         "_depthwise_conv",

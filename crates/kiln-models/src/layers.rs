@@ -346,9 +346,13 @@ impl InvertedResidual {
     ) -> Self {
         let fused = match (&expand, &depthwise.packed, &project.packed) {
             (None, Some(d), Some(p)) => Some((None, d, p)),
-            (Some(ConvBn { packed: Some(e), .. }), Some(d), Some(p)) => {
-                Some((Some(e.clone()), d, p))
-            }
+            (
+                Some(ConvBn {
+                    packed: Some(e), ..
+                }),
+                Some(d),
+                Some(p),
+            ) => Some((Some(e.clone()), d, p)),
             _ => None,
         }
         .map(|(e, d, p)| {
@@ -482,13 +486,18 @@ fn prefix(vb: &VarBuilder) -> String {
 /// Runs `model` on a batch. On the CPU in f32 with more than one image, the images are spread
 /// over the threads of the current rayon pool, each computed start to finish by one thread with
 /// its kernels serial ([`kiln_kernels::serial`]): no fork-join per layer, and each thread's
-/// activations stay in its own cache. Otherwise (one image, other devices and dtypes) it is
-/// `model.forward(x)`, with the kernels parallel inside each layer.
+/// activations stay in its own cache. One image runs with the kernels parallel inside each layer,
+/// on a [`kiln_kernels::team`]. Other devices and dtypes: `model.forward(x)`.
 pub fn forward_batch(model: &dyn crate::ImageModel, x: &Tensor) -> Result<Tensor> {
     let n = x.dim(0)?;
     let threads = kiln_kernels::current_threads();
-    if n < 2 || threads < 2 || !x.device().is_cpu() || x.dtype() != DType::F32 {
+    if threads < 2 || !x.device().is_cpu() || x.dtype() != DType::F32 {
         return model.forward(x);
+    }
+    if n < 2 {
+        // One image: the kernels split each layer, with the pool's threads spinning between
+        // layers instead of sleeping.
+        return kiln_kernels::team(|| model.forward(x));
     }
     use rayon::prelude::*;
     let outs = (0..n)
@@ -614,7 +623,10 @@ mod tests {
                 .flatten_all()?
                 .max(0)?
                 .to_scalar::<f32>()?;
-            assert!(diff < 1e-4, "{cin}->{hid}->{cout} k{k} s{s}: max diff {diff}");
+            assert!(
+                diff < 1e-4,
+                "{cin}->{hid}->{cout} k{k} s{s}: max diff {diff}"
+            );
         }
         Ok(())
     }

@@ -5,9 +5,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{
-    global_avg_pool, Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear,
-};
+use crate::layers::{global_avg_pool, Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear};
 use crate::ImageModel;
 
 /// torchvision's batch-norm epsilon for MobileNetV2.
