@@ -1,5 +1,6 @@
 //! The inverted residual (MobileNetV2, EfficientNet-Lite's MBConv) as one fused kernel:
-//! 1×1 expand → depthwise → 1×1 project (+ residual), computed strip by strip of output rows.
+//! 1×1 expand → depthwise → 1×1 project (+ residual), computed strip by strip of output rows,
+//! on channels-last (`[h][w][c]`) activations.
 //!
 //! Run layer by layer, the expanded tensor (six times the block's input) is written to memory
 //! by the expand GEMM, read and written again by the depthwise pass and read once more by the
@@ -9,16 +10,19 @@
 //! L2; expanded rows shared by two consecutive strips (the depthwise kernel's overlap) are kept,
 //! not recomputed. A block is one fork-join, one allocation (its output), and its hidden
 //! activations never leave the cache.
+//!
+//! Channels-last throughout: the depthwise kernel vectorises along channels ([`dw_nhwc`]), the
+//! 1×1 kernels ([`Pointwise`]) read their input in place and finish their output in registers,
+//! and a band of output rows is one contiguous range, so no layout change happens anywhere
+//! between the first block of a network and its head.
 
 use std::cell::Cell;
 use std::sync::Arc;
 
 use crate::act::Activation;
-use crate::conv::{epilogue, Conv2d, KernelKind};
+use crate::conv::{Conv2d, KernelKind};
 use crate::dw_nhwc;
-use crate::gemm_f32::sgemm_strided;
-use crate::pw_nhwc::PackedPw;
-use crate::transpose::transpose;
+use crate::pw_nhwc::{Pointwise, Strides};
 
 /// Target size of one strip's expanded rows (bytes); with the depthwise output beside it and the
 /// project weight, a strip's working set stays well inside a 1–2 MiB L2.
@@ -42,8 +46,9 @@ pub struct InvertedResidual {
     project: Arc<Conv2d>,
     residual: bool,
     padding: DwPadding,
-    /// The expand weight packed for the channels-last 1×1 kernel (AVX-512 CPUs).
-    expand_cl: Option<PackedPw>,
+    /// The expand and project convolutions packed for the channels-last 1×1 kernel.
+    expand_pw: Option<Pointwise>,
+    project_pw: Pointwise,
     /// The depthwise weight transposed to `[k·k][channel]` for the channels-last kernel.
     dw_t: Vec<f32>,
     /// Target bytes of a strip's expanded rows ([`STRIP_BYTES`]; tests shrink it).
@@ -107,12 +112,15 @@ impl InvertedResidual {
                 dw_t[t * d.cout + ch] = v;
             }
         }
-        let expand_cl = expand.as_ref().filter(|_| PackedPw::supported()).map(|e| {
-            let s = e.shape();
-            PackedPw::new(e.weight(), e.bias(), s.cin, s.cout, e.activation())
-        });
+        let pw = |c: &Conv2d| {
+            let s = c.shape();
+            Pointwise::new(c.weight(), c.bias(), s.cin, s.cout, c.activation())
+        };
+        let expand_pw = expand.as_deref().map(pw);
+        let project_pw = pw(&project);
         Self {
-            expand_cl,
+            expand_pw,
+            project_pw,
             expand,
             dw_t,
             dw,
@@ -148,22 +156,22 @@ impl InvertedResidual {
         }
     }
 
-    /// Output dimensions `[n, cout, oh, ow]` for input `[n, cin, h, w]`.
-    pub fn out_dims(&self, n: usize, h: usize, w: usize) -> [usize; 4] {
+    /// Output height and width for an `h × w` input.
+    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
         let s = crate::ConvShape {
             pad: self.dw_pad(h, w),
             ..self.dw.shape()
         };
-        let (oh, ow) = s.out_hw(h, w);
-        [n, self.cout(), oh, ow]
+        s.out_hw(h, w)
     }
 
-    /// The block on `x` `[n, cin, h, w]` contiguous; returns `[n, cout, oh, ow]` contiguous.
-    /// Parallel over bands of output rows in the current rayon pool (see [`crate::serial`]).
+    /// The block on `x` `[n][h][w][cin]` (channels-last, contiguous); returns
+    /// `[n][oh][ow][cout]`. Parallel over bands of output rows (see [`crate::par_for`]).
     pub fn forward(&self, x: &[f32], n: usize, h: usize, w: usize) -> Vec<f32> {
         let cin = self.cin();
         assert_eq!(x.len(), n * cin * h * w, "input size");
-        let [_, cout, oh, ow] = self.out_dims(n, h, w);
+        let (oh, ow) = self.out_hw(h, w);
+        let cout = self.cout();
         let pad = self.dw_pad(h, w);
         let img_out = cout * oh * ow;
         let mut out: Vec<f32> = Vec::with_capacity(n * img_out);
@@ -177,47 +185,35 @@ impl InvertedResidual {
         for (i, yi) in out.chunks_mut(img_out).enumerate() {
             let xi = &x[i * cin * h * w..(i + 1) * cin * h * w];
             let y = OutPtr(yi.as_mut_ptr());
-            let band = |b: usize| {
+            crate::par_for(bands, |b| {
                 let y = &y;
                 let (r0, r1) = (b * oh / bands, (b + 1) * oh / bands);
-                // SAFETY: `y` is this image's `[cout × oh × ow]` output; bands are disjoint row
-                // ranges.
-                unsafe { self.band(xi, h, w, pad, oh, ow, r0..r1, y.0) }
-            };
-            if bands == 1 {
-                band(0);
-            } else {
-                crate::par_for(bands, band);
-            }
+                let len = (r1 - r0) * ow * cout;
+                // SAFETY: rows r0..r1 of this image's output, disjoint between bands.
+                let yb = unsafe { std::slice::from_raw_parts_mut(y.0.add(r0 * ow * cout), len) };
+                self.band(xi, h, w, pad, (oh, ow), r0..r1, yb)
+            });
         }
         out
     }
 
-    /// Output rows `rows` of one image, strip by strip, on the calling thread.
-    ///
-    /// Inside a strip the hidden activations are channels-last (`[row][col][channel]`): the
-    /// expand GEMM writes them so (the `gemm` crate takes any output strides), the depthwise
-    /// kernel vectorises along channels ([`dw_nhwc`]), and the project GEMM reads them back as
-    /// a strided operand and writes the block's NCHW output.
-    ///
-    /// # Safety
-    /// `y` points to the image's `[cout × oh × ow]` output; no one else touches `rows` of it.
+    /// Output rows `rows` of one image (`y`: those rows, `[rows][ow][cout]`), strip by strip,
+    /// on the calling thread.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn band(
+    fn band(
         &self,
         x: &[f32],
         h: usize,
         w: usize,
         pad: [usize; 4],
-        oh: usize,
-        ow: usize,
+        (oh, ow): (usize, usize),
         rows: std::ops::Range<usize>,
-        y: *mut f32,
+        y: &mut [f32],
     ) {
+        debug_assert!(rows.end <= oh);
         let d = self.dw.shape();
         let (k, s, chid) = (d.kernel, d.stride, d.cout);
-        let cin = self.cin();
-        let cout = self.cout();
+        let (cin, cout) = (self.cin(), self.cout());
         // Strip height: expanded rows (`(r - 1)·s + k` of them) about `strip_bytes`.
         let row_len = chid * w;
         let fit = (self.strip_bytes / (row_len * std::mem::size_of::<f32>()).max(1))
@@ -226,72 +222,50 @@ impl InvertedResidual {
             + 1;
         let strip = fit.clamp(1, rows.len().max(1));
         let e_rows = ((strip - 1) * s + k).min(h);
-        let e_len = e_rows * row_len;
+        let e_len = if self.expand_pw.is_some() {
+            e_rows * row_len
+        } else {
+            0
+        };
         let mut buf = STRIP.with(|c| c.take());
-        buf.resize(e_len + 2 * strip * ow * chid, 0.0);
+        buf.resize(e_len + strip * ow * chid, 0.0);
         let (ebuf, dbuf) = buf.split_at_mut(e_len);
-        let (dbuf, dcf) = dbuf.split_at_mut(strip * ow * chid);
-        let (wp, bp, act_p) = (
-            self.project.weight(),
-            self.project.bias(),
-            self.project.activation(),
-        );
         // Global input rows held in `ebuf`, from its row 0.
         let mut have = 0..0;
         let mut a = rows.start;
         while a < rows.end {
             let b = (a + strip).min(rows.end);
-            let rs = b - a;
             // Input rows this strip's windows cover, padding included, then clipped to the image.
             let lo = (a * s) as isize - pad[0] as isize;
             let hi = ((b - 1) * s + k) as isize - pad[0] as isize;
             let e0 = lo.max(0) as usize;
             let e1 = (hi.min(h as isize)).max(e0 as isize) as usize;
             assert!(e1 > e0, "fused block: a strip reads only padding");
-            let mut done = e0;
-            if have.contains(&e0) {
-                // Rows the previous strip already holds: move them to the front.
-                let keep = have.end.min(e1) - e0;
-                let off = (e0 - have.start) * row_len;
-                ebuf.copy_within(off..off + keep * row_len, 0);
-                done = e0 + keep;
-            }
-            if e1 > done {
-                let new = &mut ebuf[(done - e0) * row_len..(e1 - e0) * row_len];
-                let src = &x[done * w..];
-                match &self.expand {
-                    Some(_) if self.expand_cl.is_some() => {
-                        let npx = (e1 - done) * w;
-                        if let Some(pw) = &self.expand_cl {
-                            pw.run(src, h * w, npx, new);
-                        }
+            let hidden: &[f32] = match &self.expand_pw {
+                Some(ex) => {
+                    let mut done = e0;
+                    if have.contains(&e0) {
+                        // Rows the previous strip already expanded: move them to the front.
+                        let keep = have.end.min(e1) - e0;
+                        let off = (e0 - have.start) * row_len;
+                        ebuf.copy_within(off..off + keep * row_len, 0);
+                        done = e0 + keep;
                     }
-                    Some(ex) => {
-                        // SAFETY: `x` is `[cin × h × w]` and rows done..e1 exist; `new` holds
-                        // (e1 - done)·w pixels of `chid` channels.
-                        unsafe {
-                            sgemm_strided(
-                                chid,
-                                (e1 - done) * w,
-                                cin,
-                                ex.weight().as_ptr(),
-                                (cin, 1),
-                                src.as_ptr(),
-                                (h * w, 1),
-                                new.as_mut_ptr(),
-                                (1, chid),
-                            )
-                        };
-                        epilogue_channels_last(new, ex.bias(), ex.activation());
+                    if e1 > done {
+                        ex.run(
+                            &x[done * w * cin..e1 * w * cin],
+                            Strides::channels_last(cin),
+                            (e1 - done) * w,
+                            None,
+                            &mut ebuf[(done - e0) * row_len..(e1 - e0) * row_len],
+                        );
                     }
-                    None => {
-                        // No expansion: the input itself, transposed to channels-last.
-                        let npx = new.len() / chid;
-                        transpose(src, h * w, chid, npx, new, chid);
-                    }
+                    have = e0..e1;
+                    &ebuf[..(e1 - e0) * row_len]
                 }
-            }
-            have = e0..e1;
+                // No expansion: the depthwise kernel reads the input rows in place.
+                None => &x[e0 * row_len..e1 * row_len],
+            };
             let plane = dw_nhwc::Strip {
                 k,
                 stride: s,
@@ -300,87 +274,85 @@ impl InvertedResidual {
                 w,
                 top: (e0 as isize - lo) as usize,
                 left: pad[2],
-                oh: rs,
+                oh: b - a,
                 ow,
             };
-            let npx = rs * ow;
-            let dst = &mut dbuf[..npx * chid];
+            let npx = (b - a) * ow;
+            let dw_out = &mut dbuf[..npx * chid];
             dw_nhwc::strip(
                 &plane,
-                &ebuf[..(e1 - e0) * row_len],
+                hidden,
                 &self.dw_t,
                 self.dw.bias(),
                 self.dw.activation(),
-                dst,
+                dw_out,
             );
-            // Back to channels-first for the project GEMM, whose fast path streams the pixels of
-            // each channel (read in place, not repacked).
-            let dcf = &mut dcf[..npx * chid];
-            transpose(dst, chid, npx, chid, dcf, npx);
-            // SAFETY: `dcf` is `[chid × npx]`; output columns a·ow..b·ow of every channel row
-            // are this band's.
-            unsafe {
-                sgemm_strided(
-                    cout,
-                    npx,
-                    chid,
-                    wp.as_ptr(),
-                    (chid, 1),
-                    dcf.as_ptr(),
-                    (npx, 1),
-                    y.add(a * ow),
-                    (oh * ow, 1),
-                )
-            };
-            for co in 0..cout {
-                // SAFETY: as above; the row slice lies in this band's rows of channel `co`.
-                let row =
-                    unsafe { std::slice::from_raw_parts_mut(y.add(co * oh * ow + a * ow), npx) };
-                // With a residual, stride is 1 and the output has the input's size.
-                let res = self
-                    .residual
-                    .then(|| &x[co * h * w + a * w..co * h * w + a * w + npx]);
-                epilogue(row, npx, &bp[co..co + 1], res, act_p);
-            }
+            let (y0, y1) = ((a - rows.start) * ow * cout, (b - rows.start) * ow * cout);
+            // With a residual, stride is 1 and the output has the input's size and layout.
+            let res = self.residual.then(|| &x[a * ow * cout..b * ow * cout]);
+            self.project_pw.run(
+                dw_out,
+                Strides::channels_last(chid),
+                npx,
+                res,
+                &mut y[y0..y1],
+            );
             a = b;
         }
         STRIP.with(|c| c.set(buf));
     }
 }
 
-/// `y[px][c] = act(y[px][c] + bias[c])` over channels-last pixels.
-fn epilogue_channels_last(y: &mut [f32], bias: &[f32], act: Activation) {
+/// `y[px][c] = act(y[px][c] + bias[c] (+ res[px][c]))` over channels-last pixels.
+pub(crate) fn epilogue_channels_last(
+    y: &mut [f32],
+    bias: &[f32],
+    res: Option<&[f32]>,
+    act: Activation,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::depthwise::Isa;
         match Isa::detect() {
             // SAFETY: the features were detected on this CPU.
-            Isa::Avx512 => return unsafe { epilogue_cl_avx512(y, bias, act) },
-            Isa::Avx2Fma => return unsafe { epilogue_cl_avx2(y, bias, act) },
+            Isa::Avx512 => return unsafe { epilogue_cl_avx512(y, bias, res, act) },
+            Isa::Avx2Fma => return unsafe { epilogue_cl_avx2(y, bias, res, act) },
             Isa::Baseline => {}
         }
     }
-    epilogue_cl_body(y, bias, act)
+    epilogue_cl_body(y, bias, res, act)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn epilogue_cl_avx512(y: &mut [f32], bias: &[f32], act: Activation) {
-    epilogue_cl_body(y, bias, act)
+unsafe fn epilogue_cl_avx512(y: &mut [f32], bias: &[f32], res: Option<&[f32]>, act: Activation) {
+    epilogue_cl_body(y, bias, res, act)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn epilogue_cl_avx2(y: &mut [f32], bias: &[f32], act: Activation) {
-    epilogue_cl_body(y, bias, act)
+unsafe fn epilogue_cl_avx2(y: &mut [f32], bias: &[f32], res: Option<&[f32]>, act: Activation) {
+    epilogue_cl_body(y, bias, res, act)
 }
 
 #[inline(always)]
-fn epilogue_cl_body(y: &mut [f32], bias: &[f32], act: Activation) {
+fn epilogue_cl_body(y: &mut [f32], bias: &[f32], res: Option<&[f32]>, act: Activation) {
     let (lo, hi) = act.bounds();
-    for px in y.chunks_exact_mut(bias.len()) {
-        for (v, &b) in px.iter_mut().zip(bias) {
-            *v = (*v + b).max(lo).min(hi);
+    let c = bias.len();
+    match res {
+        Some(r) => {
+            for (px, rp) in y.chunks_exact_mut(c).zip(r.chunks_exact(c)) {
+                for ((v, &b), &rv) in px.iter_mut().zip(bias).zip(rp) {
+                    *v = (*v + b + rv).max(lo).min(hi);
+                }
+            }
+        }
+        None => {
+            for px in y.chunks_exact_mut(c) {
+                for (v, &b) in px.iter_mut().zip(bias) {
+                    *v = (*v + b).max(lo).min(hi);
+                }
+            }
         }
     }
 }
@@ -478,14 +450,17 @@ mod tests {
             let [_, _, oh, ow] = dw_ref.out_dims(n, h, w);
             let d = dw_ref.forward(&e, n, h, w, None);
             let want = project.forward(&d, n, oh, ow, residual.then_some(&x[..]));
-            assert_eq!(block.out_dims(n, h, w), [n, cout, oh, ow]);
+            assert_eq!(block.out_hw(h, w), (oh, ow));
+            let x_cl = to_channels_last(&x, n, cin, h * w);
+            let want = to_channels_last(&want, n, cout, oh * ow);
             for threads in 1..=3 {
                 for strip_bytes in [1usize, 4096, usize::MAX] {
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(threads)
                         .build()
                         .unwrap();
-                    let got = pool.install(|| forward_with_strip(&block, &x, n, h, w, strip_bytes));
+                    let got =
+                        pool.install(|| forward_with_strip(&block, &x_cl, n, h, w, strip_bytes));
                     let diff =
                         got.iter()
                             .zip(&want)
@@ -502,6 +477,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn to_channels_last(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        for i in 0..n {
+            for ch in 0..c {
+                for p in 0..hw {
+                    y[(i * hw + p) * c + ch] = x[(i * c + ch) * hw + p];
+                }
+            }
+        }
+        y
     }
 
     fn forward_with_strip(

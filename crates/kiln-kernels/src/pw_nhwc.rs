@@ -1,42 +1,81 @@
-//! 1×1 convolution from channels-first input to channels-last output, with the bias and the
-//! activation applied in registers: the fused block's expand step.
+//! 1×1 convolutions producing channels-last output, with the bias, an optional residual and the
+//! activation applied in registers: the fused block's expand and project steps, and the 1×1
+//! head of MobileNetV2 / EfficientNet-Lite.
 //!
-//! The `gemm` crate can write a channels-last result (it takes any output strides), but then it
-//! repacks an operand on every call and leaves the bias and activation to a second pass over
-//! the expanded rows. Here the weight is packed once at load into 32-channel panels
-//! `[tile][cin][32]`, the input is read in place (one broadcast per input channel and pixel),
-//! and each `12 × 32` tile of the output is finished in registers and stored once.
+//! The weight is packed once at load into 32-channel panels `[tile][cin][32]`; the input is read
+//! in place with any strides (channels-first `[cin][px]` or channels-last `[px][cin]`), one
+//! broadcast per input channel and pixel; each `12 × 32` tile of the output is finished in
+//! registers and stored once. No operand is repacked per call, and no second pass runs over the
+//! output. Without AVX-512 the same contract runs on the `gemm` crate plus a separate epilogue.
 
 use crate::act::Activation;
+use crate::gemm_f32::sgemm_strided;
 
 /// Output channels per tile (two AVX-512 vectors).
 const NR: usize = 32;
 /// Pixels per tile.
 const MR: usize = 12;
 
-/// A 1×1 convolution's weight and bias packed for [`PackedPw::run`].
-#[derive(Debug, Clone)]
-pub(crate) struct PackedPw {
-    cin: usize,
-    cout: usize,
-    /// `[cout.div_ceil(32)][cin][32]`, zero-padded channels.
-    panels: Vec<f32>,
-    /// Zero-padded to whole tiles.
-    bias: Vec<f32>,
-    act: Activation,
+/// Where the input of a [`Pointwise`] lies: element (channel `ci`, pixel `px`) at
+/// `ci · channel_stride + px · pixel_stride`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strides {
+    /// Distance between channels.
+    pub channel: usize,
+    /// Distance between pixels.
+    pub pixel: usize,
 }
 
-impl PackedPw {
+impl Strides {
+    /// Channels-last pixels of `c` channels: `[px][c]`.
+    pub fn channels_last(c: usize) -> Self {
+        Self {
+            channel: 1,
+            pixel: c,
+        }
+    }
+
+    /// Channels-first planes of `plane` pixels: `[c][plane]`.
+    pub fn channels_first(plane: usize) -> Self {
+        Self {
+            channel: plane,
+            pixel: 1,
+        }
+    }
+}
+
+/// A 1×1 convolution writing channels-last output: `out[px][co] = act(bias[co] +
+/// Σ_ci w[co][ci] · x(ci, px) (+ res[px][co]))`.
+#[derive(Debug, Clone)]
+pub struct Pointwise {
+    cin: usize,
+    cout: usize,
+    /// AVX-512: `[cout.div_ceil(32)][cin][32]`, zero-padded channels. Otherwise the weight as
+    /// given, `[cout][cin]`.
+    weight: Vec<f32>,
+    /// Zero-padded to whole tiles (AVX-512).
+    bias: Vec<f32>,
+    act: Activation,
+    packed: bool,
+}
+
+impl Pointwise {
     /// Packs `weight` `[cout][cin]` (row-major) and `bias` `[cout]`.
-    pub(crate) fn new(
-        weight: &[f32],
-        bias: &[f32],
-        cin: usize,
-        cout: usize,
-        act: Activation,
-    ) -> Self {
-        assert_eq!(weight.len(), cin * cout);
-        assert_eq!(bias.len(), cout);
+    pub fn new(weight: &[f32], bias: &[f32], cin: usize, cout: usize, act: Activation) -> Self {
+        assert_eq!(weight.len(), cin * cout, "pointwise weight size");
+        assert_eq!(bias.len(), cout, "pointwise bias size");
+        assert!(cin > 0 && cout > 0);
+        let packed = crate::depthwise::Isa::detect() == crate::depthwise::Isa::Avx512;
+        if !packed {
+            return Self {
+                cin,
+                cout,
+                weight: weight.to_vec(),
+                bias: bias.to_vec(),
+                act,
+                packed,
+            };
+        }
         let tiles = cout.div_ceil(NR);
         let mut panels = vec![0f32; tiles * cin * NR];
         for co in 0..cout {
@@ -50,67 +89,131 @@ impl PackedPw {
         Self {
             cin,
             cout,
-            panels,
+            weight: panels,
             bias: b,
             act,
+            packed,
         }
     }
 
-    /// Whether [`PackedPw::run`] can run on this CPU (AVX-512F).
-    pub(crate) fn supported() -> bool {
-        crate::depthwise::Isa::detect() == crate::depthwise::Isa::Avx512
+    /// Input channels.
+    pub fn cin(&self) -> usize {
+        self.cin
     }
 
-    /// `out[px·cout + co] = act(bias[co] + Σ_ci w[co][ci] · x[ci·ldx + px])` for `px < npx`.
-    /// Needs [`PackedPw::supported`].
-    pub(crate) fn run(&self, x: &[f32], ldx: usize, npx: usize, out: &mut [f32]) {
-        assert!(Self::supported(), "pw_nhwc needs AVX-512F");
+    /// Output channels.
+    pub fn cout(&self) -> usize {
+        self.cout
+    }
+
+    /// Writes `npx` pixels of output into `out` (`[npx][cout]`). `res`, if any, has the
+    /// output's layout.
+    pub fn run(
+        &self,
+        x: &[f32],
+        st: Strides,
+        npx: usize,
+        res: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
         if npx == 0 {
             return;
         }
-        assert!(
-            x.len() >= (self.cin - 1) * ldx + npx,
-            "pw_nhwc: input too short"
-        );
-        assert!(out.len() >= npx * self.cout, "pw_nhwc: output too short");
-        // SAFETY: AVX-512F is available; the asserts bound every read and write.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            self.run_avx512(x.as_ptr(), ldx, npx, out.as_mut_ptr())
+        let last = (self.cin - 1) * st.channel + (npx - 1) * st.pixel;
+        assert!(x.len() > last, "pointwise: input too short");
+        assert!(out.len() >= npx * self.cout, "pointwise: output too short");
+        if let Some(r) = res {
+            assert!(r.len() >= npx * self.cout, "pointwise: residual too short");
         }
+        #[cfg(target_arch = "x86_64")]
+        if self.packed {
+            // SAFETY: `packed` is only set when AVX-512F was detected; the asserts bound every
+            // read and write.
+            unsafe {
+                self.run_avx512(
+                    x.as_ptr(),
+                    st,
+                    npx,
+                    res.map(|r| r.as_ptr()),
+                    out.as_mut_ptr(),
+                )
+            };
+            return;
+        }
+        // SAFETY: the asserts above bound every element the strides reach; `out` is a `&mut`.
+        unsafe {
+            sgemm_strided(
+                self.cout,
+                npx,
+                self.cin,
+                self.weight.as_ptr(),
+                (self.cin, 1),
+                x.as_ptr(),
+                (st.channel, st.pixel),
+                out.as_mut_ptr(),
+                (1, self.cout),
+            )
+        };
+        crate::block::epilogue_channels_last(
+            &mut out[..npx * self.cout],
+            &self.bias,
+            res.map(|r| &r[..npx * self.cout]),
+            self.act,
+        );
+    }
+
+    /// All pixels of a channels-last `[npx][cin]` input; returns `[npx][cout]`.
+    pub fn forward(&self, x: &[f32], npx: usize) -> Vec<f32> {
+        assert_eq!(x.len(), npx * self.cin, "pointwise: input size");
+        let mut out = vec![0f32; npx * self.cout];
+        let per = npx.div_ceil(crate::current_threads() * 2).max(MR);
+        crate::par_chunks_mut(&mut out, per * self.cout, |i, o| {
+            let p0 = i * per;
+            self.run(
+                &x[p0 * self.cin..],
+                Strides::channels_last(self.cin),
+                o.len() / self.cout,
+                None,
+                o,
+            )
+        });
+        out
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn run_avx512(&self, x: *const f32, ldx: usize, npx: usize, out: *mut f32) {
+    unsafe fn run_avx512(
+        &self,
+        x: *const f32,
+        st: Strides,
+        npx: usize,
+        res: Option<*const f32>,
+        out: *mut f32,
+    ) {
         let tiles = self.cout.div_ceil(NR);
         for t in 0..tiles {
             let n = (self.cout - t * NR).min(NR);
-            let m0 = lane_mask(n);
-            let m1 = lane_mask(n.saturating_sub(16));
-            let panel = self.panels.as_ptr().add(t * self.cin * NR);
+            let m = (lane_mask(n), lane_mask(n.saturating_sub(16)));
+            let panel = self.weight.as_ptr().add(t * self.cin * NR);
             let bias = self.bias.as_ptr().add(t * NR);
-            let o = out.add(t * NR);
+            let at = |px: usize| {
+                (
+                    x.add(px * st.pixel),
+                    res.map(|r| r.add(px * self.cout + t * NR)),
+                    out.add(px * self.cout + t * NR),
+                )
+            };
             let mut px = 0;
             while px + MR <= npx {
-                tile::<MR>(
-                    self,
-                    panel,
-                    bias,
-                    x.add(px),
-                    ldx,
-                    o.add(px * self.cout),
-                    m0,
-                    m1,
-                );
+                let (xp, rp, op) = at(px);
+                tile::<MR>(self, panel, bias, xp, st.channel, st.pixel, rp, op, m);
                 px += MR;
             }
-            let x = x.add(px);
-            let o = o.add(px * self.cout);
+            let (xp, rp, op) = at(px);
             macro_rules! rest {
                 ($($r:literal)*) => {
                     match npx - px {
-                        $($r => tile::<$r>(self, panel, bias, x, ldx, o, m0, m1),)*
+                        $($r => tile::<$r>(self, panel, bias, xp, st.channel, st.pixel, rp, op, m),)*
                         _ => {}
                     }
                 };
@@ -136,14 +239,15 @@ fn lane_mask(n: usize) -> u16 {
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize>(
-    pw: &PackedPw,
+    pw: &Pointwise,
     panel: *const f32,
     bias: *const f32,
     x: *const f32,
-    ldx: usize,
+    cs: usize,
+    ps: usize,
+    res: Option<*const f32>,
     out: *mut f32,
-    m0: u16,
-    m1: u16,
+    (m0, m1): (u16, u16),
 ) {
     use std::arch::x86_64::*;
     let b0 = _mm512_loadu_ps(bias);
@@ -152,16 +256,21 @@ unsafe fn tile<const R: usize>(
     for ci in 0..pw.cin {
         let w0 = _mm512_loadu_ps(panel.add(ci * NR));
         let w1 = _mm512_loadu_ps(panel.add(ci * NR + 16));
-        let xr = x.add(ci * ldx);
+        let xr = x.add(ci * cs);
         for (r, a) in acc.iter_mut().enumerate() {
-            let v = _mm512_set1_ps(*xr.add(r));
+            let v = _mm512_set1_ps(*xr.add(r * ps));
             a[0] = _mm512_fmadd_ps(v, w0, a[0]);
             a[1] = _mm512_fmadd_ps(v, w1, a[1]);
         }
     }
     let (lo, hi) = pw.act.bounds();
     let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    for (r, a) in acc.iter().enumerate() {
+    for (r, a) in acc.iter_mut().enumerate() {
+        if let Some(rp) = res {
+            let rp = rp.add(r * pw.cout);
+            a[0] = _mm512_add_ps(a[0], _mm512_maskz_loadu_ps(m0, rp));
+            a[1] = _mm512_add_ps(a[1], _mm512_maskz_loadu_ps(m1, rp.add(16)));
+        }
         let o = out.add(r * pw.cout);
         _mm512_mask_storeu_ps(o, m0, _mm512_min_ps(_mm512_max_ps(a[0], vlo), vhi));
         if m1 != 0 {
@@ -174,39 +283,52 @@ unsafe fn tile<const R: usize>(
 mod tests {
     use super::*;
 
+    /// Both layouts of the input, with and without residual, ragged pixel and channel counts,
+    /// on the packed kernel and on the `gemm` fallback.
     #[test]
     fn matches_naive() {
-        if !PackedPw::supported() {
-            return;
-        }
-        for (cin, cout, npx, ldx) in [
-            (24, 144, 560, 600),
-            (16, 96, 13, 13),
-            (160, 960, 49, 49),
-            (3, 20, 5, 7),
-        ] {
+        for (cin, cout, npx) in [(24, 144, 560), (16, 96, 13), (160, 960, 49), (3, 20, 5)] {
             let w: Vec<f32> = (0..cin * cout)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
                 .collect();
             let b: Vec<f32> = (0..cout).map(|i| (i % 7) as f32 * 0.1 - 0.3).collect();
-            let x: Vec<f32> = (0..cin * ldx)
+            let x: Vec<f32> = (0..cin * (npx + 3))
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) / 40.0)
                 .collect();
-            let pw = PackedPw::new(&w, &b, cin, cout, Activation::Relu6);
-            let mut out = vec![f32::NAN; npx * cout];
-            pw.run(&x, ldx, npx, &mut out);
-            for px in 0..npx {
-                for co in 0..cout {
-                    let r: f32 = b[co]
-                        + (0..cin)
-                            .map(|ci| w[co * cin + ci] * x[ci * ldx + px])
-                            .sum::<f32>();
-                    let want = r.clamp(0.0, 6.0);
-                    let got = out[px * cout + co];
-                    assert!(
-                        (got - want).abs() < 1e-4,
-                        "{cin}->{cout} px {px} co {co}: {got} vs {want}"
-                    );
+            let res: Vec<f32> = (0..npx * cout).map(|i| (i % 11) as f32 * 0.2).collect();
+            let packed = Pointwise::new(&w, &b, cin, cout, Activation::Relu6);
+            let plain = Pointwise {
+                packed: false,
+                weight: w.clone(),
+                bias: b.clone(),
+                ..packed.clone()
+            };
+            for st in [Strides::channels_first(npx + 3), Strides::channels_last(cin)] {
+                for with_res in [false, true] {
+                    for pw in [&packed, &plain] {
+                        let r = with_res.then_some(&res[..]);
+                        let mut out = vec![f32::NAN; npx * cout];
+                        pw.run(&x, st, npx, r, &mut out);
+                        for px in 0..npx {
+                            for co in 0..cout {
+                                let acc: f32 = b[co]
+                                    + (0..cin)
+                                        .map(|ci| {
+                                            w[co * cin + ci] * x[ci * st.channel + px * st.pixel]
+                                        })
+                                        .sum::<f32>()
+                                    + r.map_or(0.0, |r| r[px * cout + co]);
+                                let want = acc.clamp(0.0, 6.0);
+                                let got = out[px * cout + co];
+                                assert!(
+                                    (got - want).abs() < 1e-4,
+                                    "{cin}->{cout} {st:?} res={with_res} packed={} px {px} co {co}: \
+                                     {got} vs {want}",
+                                    pw.packed
+                                );
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -56,6 +56,26 @@ pub(crate) fn transpose(
     }
 }
 
+/// `[n][c][hw]` → `[n][hw][c]`.
+pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * c * hw, "nchw_to_nhwc: size");
+    let mut y = vec![0f32; x.len()];
+    for (xi, yi) in x.chunks(c * hw).zip(y.chunks_mut(c * hw)) {
+        transpose(xi, hw, c, hw, yi, c);
+    }
+    y
+}
+
+/// `[n][hw][c]` → `[n][c][hw]`.
+pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * c * hw, "nhwc_to_nchw: size");
+    let mut y = vec![0f32; x.len()];
+    for (xi, yi) in x.chunks(c * hw).zip(y.chunks_mut(c * hw)) {
+        transpose(xi, c, hw, c, yi, hw);
+    }
+    y
+}
+
 /// One 16×16 block, in registers: pairs of floats, then pairs of pairs, then 128-bit lanes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]

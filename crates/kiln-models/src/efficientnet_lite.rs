@@ -20,7 +20,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{global_avg_pool, Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear};
+use crate::layers::{Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear, MobileTrunk};
 use crate::mobilenet_v2::make_divisible;
 use crate::ImageModel;
 
@@ -231,8 +231,7 @@ fn mbconv(
 /// A loaded EfficientNet-Lite, inference only.
 pub struct EfficientNetLite {
     stem: SameConv,
-    blocks: Vec<InvertedResidual>,
-    head: SameConv,
+    trunk: MobileTrunk,
     classifier: Linear,
 }
 
@@ -252,18 +251,19 @@ impl EfficientNetLite {
             blocks.push(mbconv(b.pp(i), cin, cout, k, s, e)?);
         }
         let last = spec.last().map(|b| b.1).unwrap_or(STEM);
-        let head = SameConv::load(
+        // 1×1, stride 1: TensorFlow's "SAME" pads nothing.
+        let head = ConvBn::load(
             vb.pp("_conv_head"),
             vb.pp("_bn1"),
             geom(last, HEAD, 1, 1, 1),
+            BN_EPS,
             Act::Relu6,
         )?;
         // _dropout sits between the pooling and _fc: the identity at inference.
         let classifier = Linear::load(vb.pp("_fc"), HEAD)?;
         Ok(Self {
             stem,
-            blocks,
-            head,
+            trunk: MobileTrunk::new(blocks, head)?,
             classifier,
         })
     }
@@ -271,12 +271,8 @@ impl EfficientNetLite {
 
 impl ImageModel for EfficientNetLite {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = self.stem.forward(x)?;
-        for b in &self.blocks {
-            h = b.forward(&h)?;
-        }
-        let h = self.head.forward(&h)?;
-        self.classifier.forward(&global_avg_pool(&h)?)
+        let h = self.stem.forward(x)?;
+        self.classifier.forward(&self.trunk.forward(&h)?)
     }
 
     fn num_classes(&self) -> usize {

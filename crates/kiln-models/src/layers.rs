@@ -374,14 +374,29 @@ impl InvertedResidual {
         }
     }
 
-    /// The block: fused on the CPU in f32, layer by layer otherwise.
+    /// The block on `[n, c, h, w]`: fused on the CPU in f32 (switching to channels-last and
+    /// back), layer by layer otherwise.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(f) = &self.fused {
-            if x.device().is_cpu() && x.dtype() == DType::F32 {
-                return x.contiguous()?.apply_op1_no_bwd(&FusedBlock(f));
-            }
+        if self.fused.is_some() && x.device().is_cpu() && x.dtype() == DType::F32 {
+            return to_channels_first(&self.forward_nhwc(&to_channels_last(x)?)?);
         }
         self.forward_layers(x)
+    }
+
+    /// Whether [`InvertedResidual::forward_nhwc`] can run (CPU, f32 weights).
+    pub fn has_fused(&self) -> bool {
+        self.fused.is_some()
+    }
+
+    /// The fused block on channels-last `[n, h, w, c]` f32 on the CPU; returns
+    /// `[n, oh, ow, cout]`. Errors if the block has no fused kernel ([`Self::has_fused`]).
+    pub fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.fused {
+            Some(f) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                x.contiguous()?.apply_op1_no_bwd(&FusedBlock(f))
+            }
+            _ => candle_core::bail!("the fused block runs on the CPU in f32 only"),
+        }
     }
 
     /// The block one convolution at a time (each on kiln's kernels or candle's ops, as
@@ -426,13 +441,131 @@ impl CustomOp1 for FusedBlock<'_> {
         "kiln-inverted-residual"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l.shape().dims4()?;
+        let (n, h, w, c) = l.shape().dims4()?;
         if c != self.0.cin() {
             candle_core::bail!("block expects {} input channels, got {c}", self.0.cin())
         }
-        let dims = self.0.out_dims(n, h, w);
+        let (oh, ow) = self.0.out_hw(h, w);
         let y = self.0.forward(contiguous_f32(s, l, "input")?, n, h, w);
-        Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
+        Ok((CpuStorage::F32(y), Shape::from((n, oh, ow, self.0.cout()))))
+    }
+}
+
+/// `[n, c, h, w]` → `[n, h, w, c]` (contiguous): kiln's blocked transpose on the CPU in f32,
+/// candle's copy elsewhere.
+pub fn to_channels_last(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1_no_bwd(&Relayout { to_last: true });
+    }
+    x.permute((0, 2, 3, 1))?.contiguous()
+}
+
+/// `[n, h, w, c]` → `[n, c, h, w]` (contiguous), as [`to_channels_last`].
+pub fn to_channels_first(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x.contiguous()?.apply_op1_no_bwd(&Relayout { to_last: false });
+    }
+    x.permute((0, 3, 1, 2))?.contiguous()
+}
+
+struct Relayout {
+    to_last: bool,
+}
+
+impl CustomOp1 for Relayout {
+    fn name(&self) -> &'static str {
+        "kiln-relayout"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, a, b, c) = l.shape().dims4()?;
+        let x = contiguous_f32(s, l, "input")?;
+        Ok(if self.to_last {
+            // [n, c=a, h=b, w=c]
+            let y = kiln_kernels::nchw_to_nhwc(x, n, a, b * c);
+            (CpuStorage::F32(y), Shape::from((n, b, c, a)))
+        } else {
+            // [n, h=a, w=b, c]
+            let y = kiln_kernels::nhwc_to_nchw(x, n, c, a * b);
+            (CpuStorage::F32(y), Shape::from((n, c, a, b)))
+        })
+    }
+}
+
+/// What MobileNetV2 and EfficientNet-Lite run after their stem: inverted residual blocks, a 1×1
+/// head convolution, and global average pooling.
+///
+/// On the CPU in f32 the whole trunk stays channels-last: one transpose after the stem, the
+/// fused blocks, the head as a channels-last 1×1 kernel, and pooling over pixels.
+#[derive(Debug, Clone)]
+pub struct MobileTrunk {
+    blocks: Vec<InvertedResidual>,
+    head: ConvBn,
+    head_cl: Option<Arc<kiln_kernels::Pointwise>>,
+}
+
+impl MobileTrunk {
+    /// `head` must be a 1×1, stride-1, ungrouped convolution.
+    pub fn new(blocks: Vec<InvertedResidual>, head: ConvBn) -> Result<Self> {
+        let g = head.geom();
+        if g.kernel != 1 || g.stride != 1 || g.groups != 1 || g.pad != [0; 4] {
+            candle_core::bail!("the trunk's head must be a plain 1×1 convolution, got {g:?}")
+        }
+        let head_cl = match (&head.packed, blocks.iter().all(|b| b.has_fused())) {
+            (Some(_), true) => {
+                let w = head.weight.flatten_all()?.to_vec1::<f32>()?;
+                let b = head.bias.to_vec1::<f32>()?;
+                Some(Arc::new(kiln_kernels::Pointwise::new(
+                    &w,
+                    &b,
+                    g.cin,
+                    g.cout,
+                    head.act.into(),
+                )))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            blocks,
+            head,
+            head_cl,
+        })
+    }
+
+    /// `[n, c, h, w]` (the stem's output) → pooled features `[n, head channels]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(head) = &self.head_cl {
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                let mut h = to_channels_last(x)?;
+                for b in &self.blocks {
+                    h = b.forward_nhwc(&h)?;
+                }
+                let (n, hh, ww, _) = h.dims4()?;
+                let h = h.apply_op1_no_bwd(&HeadOp(head))?;
+                return h.reshape((n, hh * ww, head.cout()))?.mean(1);
+            }
+        }
+        let mut h = x.clone();
+        for b in &self.blocks {
+            h = b.forward(&h)?;
+        }
+        global_avg_pool(&self.head.forward(&h)?)
+    }
+}
+
+/// A channels-last 1×1 convolution as a candle custom op.
+struct HeadOp<'a>(&'a kiln_kernels::Pointwise);
+
+impl CustomOp1 for HeadOp<'_> {
+    fn name(&self) -> &'static str {
+        "kiln-pointwise-nhwc"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = l.shape().dims4()?;
+        if c != self.0.cin() {
+            candle_core::bail!("1×1 conv expects {} input channels, got {c}", self.0.cin())
+        }
+        let y = self.0.forward(contiguous_f32(s, l, "input")?, n * h * w);
+        Ok((CpuStorage::F32(y), Shape::from((n, h, w, self.0.cout()))))
     }
 }
 

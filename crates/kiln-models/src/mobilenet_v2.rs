@@ -5,7 +5,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{global_avg_pool, Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear};
+use crate::layers::{Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear, MobileTrunk};
 use crate::ImageModel;
 
 /// torchvision's batch-norm epsilon for MobileNetV2.
@@ -80,8 +80,7 @@ fn inverted_residual(
 /// A loaded MobileNetV2, inference only.
 pub struct MobileNetV2 {
     stem: ConvBn,
-    blocks: Vec<InvertedResidual>,
-    head: ConvBn,
+    trunk: MobileTrunk,
     classifier: Linear,
 }
 
@@ -125,8 +124,7 @@ impl MobileNetV2 {
         let classifier = Linear::load(vb.pp("classifier.1"), last)?;
         Ok(Self {
             stem,
-            blocks,
-            head,
+            trunk: MobileTrunk::new(blocks, head)?,
             classifier,
         })
     }
@@ -134,12 +132,8 @@ impl MobileNetV2 {
 
 impl ImageModel for MobileNetV2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = self.stem.forward(x)?;
-        for b in &self.blocks {
-            h = b.forward(&h)?;
-        }
-        let h = self.head.forward(&h)?;
-        self.classifier.forward(&global_avg_pool(&h)?)
+        let h = self.stem.forward(x)?;
+        self.classifier.forward(&self.trunk.forward(&h)?)
     }
 
     fn num_classes(&self) -> usize {
