@@ -145,9 +145,71 @@ pub(crate) unsafe fn sgemm_strided(
     }
 }
 
+/// A fully connected layer, `y[n × m] = x[n × k] · wt[k × m] + bias[m]`, split over output
+/// columns with [`crate::par_for`] (so that it runs on a [`crate::team`] too).
+pub fn linear(x: &[f32], n: usize, k: usize, wt: &[f32], bias: &[f32], m: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * k, "linear: input size");
+    assert_eq!(wt.len(), k * m, "linear: weight size");
+    assert_eq!(bias.len(), m, "linear: bias size");
+    let mut y: Vec<f32> = (0..n).flat_map(|_| bias.iter().copied()).collect();
+    if k == 0 || n == 0 {
+        return y;
+    }
+    // Column blocks of at least 128 (whole micro-kernel tiles), about two per thread.
+    let per = m
+        .div_ceil(crate::current_threads() * 2)
+        .next_multiple_of(16)
+        .max(128);
+    struct Out(*mut f32);
+    // SAFETY: tasks write disjoint column blocks.
+    unsafe impl Sync for Out {}
+    let out = Out(y.as_mut_ptr());
+    crate::par_for(m.div_ceil(per), |t| {
+        let out = &out;
+        let (c0, c1) = (t * per, ((t + 1) * per).min(m));
+        // SAFETY: `x` is `[n × k]`, `wt` `[k × m]`, `y` `[n × m]`; this task alone touches
+        // columns c0..c1 of `y`.
+        unsafe {
+            sgemm_raw(
+                n,
+                c1 - c0,
+                k,
+                x.as_ptr(),
+                k,
+                wt.as_ptr().add(c0),
+                m,
+                out.0.add(c0),
+                m,
+                true,
+                1,
+            )
+        }
+    });
+    y
+}
+
 #[cfg(test)]
 mod tests {
     use super::sgemm;
+
+    #[test]
+    fn linear_matches_naive() {
+        let (n, k, m) = (3, 37, 300);
+        let x: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let wt: Vec<f32> = (0..k * m).map(|i| (i % 5) as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..m).map(|i| i as f32 * 0.01).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let y = pool.install(|| super::linear(&x, n, k, &wt, &b, m));
+        for i in 0..n {
+            for j in 0..m {
+                let r: f32 = b[j] + (0..k).map(|p| x[i * k + p] * wt[p * m + j]).sum::<f32>();
+                assert!((y[i * m + j] - r).abs() < 1e-3);
+            }
+        }
+    }
 
     #[test]
     fn matches_naive() {

@@ -47,11 +47,11 @@ mod transpose;
 
 pub use act::Activation;
 pub use block::{tf_same as tf_same_padding, DwPadding, InvertedResidual};
-pub use pw_nhwc::{Pointwise, Strides};
-pub use transpose::{nchw_to_nhwc, nhwc_to_nchw};
 pub use conv::{Conv2d, ConvShape, KernelKind};
-pub use gemm_f32::sgemm;
+pub use gemm_f32::{linear, sgemm};
+pub use pw_nhwc::{Pointwise, Strides};
 pub use team::{par_chunks_mut, par_for, team};
+pub use transpose::{nchw_to_nhwc, nhwc_to_nchw};
 
 thread_local! {
     static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

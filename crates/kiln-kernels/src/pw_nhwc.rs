@@ -108,14 +108,7 @@ impl Pointwise {
 
     /// Writes `npx` pixels of output into `out` (`[npx][cout]`). `res`, if any, has the
     /// output's layout.
-    pub fn run(
-        &self,
-        x: &[f32],
-        st: Strides,
-        npx: usize,
-        res: Option<&[f32]>,
-        out: &mut [f32],
-    ) {
+    pub fn run(&self, x: &[f32], st: Strides, npx: usize, res: Option<&[f32]>, out: &mut [f32]) {
         if npx == 0 {
             return;
         }
@@ -165,7 +158,13 @@ impl Pointwise {
     /// All pixels of a channels-last `[npx][cin]` input; returns `[npx][cout]`.
     pub fn forward(&self, x: &[f32], npx: usize) -> Vec<f32> {
         assert_eq!(x.len(), npx * self.cin, "pointwise: input size");
-        let mut out = vec![0f32; npx * self.cout];
+        let mut out: Vec<f32> = Vec::with_capacity(npx * self.cout);
+        // SAFETY: `run` writes every element of each chunk before anything reads it; f32 has
+        // no invalid bit patterns.
+        #[allow(clippy::uninit_vec)]
+        unsafe {
+            out.set_len(npx * self.cout)
+        };
         let per = npx.div_ceil(crate::current_threads() * 2).max(MR);
         crate::par_chunks_mut(&mut out, per * self.cout, |i, o| {
             let p0 = i * per;
@@ -303,7 +302,10 @@ mod tests {
                 bias: b.clone(),
                 ..packed.clone()
             };
-            for st in [Strides::channels_first(npx + 3), Strides::channels_last(cin)] {
+            for st in [
+                Strides::channels_first(npx + 3),
+                Strides::channels_last(cin),
+            ] {
                 for with_res in [false, true] {
                     for pw in [&packed, &plain] {
                         let r = with_res.then_some(&res[..]);

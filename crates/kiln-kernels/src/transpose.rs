@@ -2,24 +2,31 @@
 //! channels-first.
 
 /// `dst[j·ds + i] = src[i·ss + j]` for `i < rows`, `j < cols`.
-pub(crate) fn transpose(
-    src: &[f32],
-    ss: usize,
-    rows: usize,
-    cols: usize,
-    dst: &mut [f32],
-    ds: usize,
-) {
+#[cfg(test)]
+fn transpose(src: &[f32], ss: usize, rows: usize, cols: usize, dst: &mut [f32], ds: usize) {
     if rows == 0 || cols == 0 {
         return;
     }
     assert!(
-        src.len() >= (rows - 1) * ss + cols,
-        "transpose: src too short"
-    );
-    assert!(
-        dst.len() >= (cols - 1) * ds + rows,
+        dst.len() > (cols - 1) * ds + rows - 1,
         "transpose: dst too short"
+    );
+    // SAFETY: every element written lies inside `dst`, a `&mut`.
+    unsafe { transpose_to(src, ss, rows, cols, dst.as_mut_ptr(), ds) }
+}
+
+/// [`transpose`] into a raw destination, for tasks that write interleaved parts of one buffer.
+///
+/// # Safety
+/// Every `dst[j·ds + i]` (`i < rows`, `j < cols`) must be writable and touched by no one else
+/// during the call.
+unsafe fn transpose_to(src: &[f32], ss: usize, rows: usize, cols: usize, dst: *mut f32, ds: usize) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        src.len() > (rows - 1) * ss + cols - 1,
+        "transpose: src too short"
     );
     let (mut i0, mut j_full) = (0, 0);
     #[cfg(target_arch = "x86_64")]
@@ -28,51 +35,76 @@ pub(crate) fn transpose(
         i0 = rows / 16 * 16;
         for i in (0..i0).step_by(16) {
             for j in (0..j_full).step_by(16) {
-                // SAFETY: AVX-512F detected; the 16×16 block lies inside both bounds asserted.
-                unsafe {
-                    block16(
-                        src.as_ptr().add(i * ss + j),
-                        ss,
-                        dst.as_mut_ptr().add(j * ds + i),
-                        ds,
-                    )
-                };
+                // SAFETY: AVX-512F detected; the block lies inside `src` (asserted) and `dst`
+                // (the caller's contract).
+                unsafe { block16(src.as_ptr().add(i * ss + j), ss, dst.add(j * ds + i), ds) };
             }
         }
     }
-    // What the 16×16 blocks left: the right columns of the blocked rows, then the last rows.
+    // What the 16×16 blocks left: the right columns of the blocked rows, then the last rows,
+    // cache-blocked so that the strided writes stay within a few lines.
     for i in 0..i0 {
         for j in j_full..cols {
-            dst[j * ds + i] = src[i * ss + j];
+            unsafe { *dst.add(j * ds + i) = src[i * ss + j] };
         }
     }
-    // Cache-blocked so that the strided writes stay within a few lines.
     for jb in (0..cols).step_by(64) {
         for i in i0..rows {
             for j in jb..(jb + 64).min(cols) {
-                dst[j * ds + i] = src[i * ss + j];
+                unsafe { *dst.add(j * ds + i) = src[i * ss + j] };
             }
         }
     }
 }
 
-/// `[n][c][hw]` → `[n][hw][c]`.
+/// `[n][c][hw]` → `[n][hw][c]`, in parallel over pixel ranges ([`crate::par_for`]).
 pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
     assert_eq!(x.len(), n * c * hw, "nchw_to_nhwc: size");
-    let mut y = vec![0f32; x.len()];
-    for (xi, yi) in x.chunks(c * hw).zip(y.chunks_mut(c * hw)) {
-        transpose(xi, hw, c, hw, yi, c);
-    }
-    y
+    relayout(x, n, c, hw, true)
 }
 
-/// `[n][hw][c]` → `[n][c][hw]`.
+/// `[n][hw][c]` → `[n][c][hw]`, as [`nchw_to_nhwc`].
 pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
     assert_eq!(x.len(), n * c * hw, "nhwc_to_nchw: size");
-    let mut y = vec![0f32; x.len()];
-    for (xi, yi) in x.chunks(c * hw).zip(y.chunks_mut(c * hw)) {
-        transpose(xi, c, hw, c, yi, hw);
+    relayout(x, n, c, hw, false)
+}
+
+fn relayout(x: &[f32], n: usize, c: usize, hw: usize, to_last: bool) -> Vec<f32> {
+    let mut y: Vec<f32> = Vec::with_capacity(x.len());
+    // SAFETY: the transposes below write every element before anything reads it; f32 has no
+    // invalid bit patterns.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        y.set_len(x.len())
+    };
+    if c == 0 || hw == 0 {
+        return y;
     }
+    // Pixel ranges of whole 16-blocks, about four per thread.
+    let per = hw
+        .div_ceil(crate::current_threads() * 4)
+        .next_multiple_of(16);
+    let parts = hw.div_ceil(per);
+    struct Out(*mut f32);
+    // SAFETY: tasks write disjoint pixel ranges.
+    unsafe impl Sync for Out {}
+    let out = Out(y.as_mut_ptr());
+    crate::par_for(n * parts, |t| {
+        let out = &out;
+        let (i, p0) = (t / parts, (t % parts) * per);
+        let np = per.min(hw - p0);
+        let xi = &x[i * c * hw..(i + 1) * c * hw];
+        let yi = out.0.wrapping_add(i * c * hw);
+        // SAFETY: inside the image's `[c × hw]` output, this task writes only pixels
+        // p0..p0 + np.
+        unsafe {
+            if to_last {
+                transpose_to(&xi[p0..], hw, c, np, yi.add(p0 * c), c);
+            } else {
+                transpose_to(&xi[p0 * c..], c, np, c, yi.add(p0), hw);
+            }
+        }
+    });
     y
 }
 

@@ -455,7 +455,9 @@ impl CustomOp1 for FusedBlock<'_> {
 /// candle's copy elsewhere.
 pub fn to_channels_last(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op1_no_bwd(&Relayout { to_last: true });
+        return x
+            .contiguous()?
+            .apply_op1_no_bwd(&Relayout { to_last: true });
     }
     x.permute((0, 2, 3, 1))?.contiguous()
 }
@@ -463,7 +465,9 @@ pub fn to_channels_last(x: &Tensor) -> Result<Tensor> {
 /// `[n, h, w, c]` → `[n, c, h, w]` (contiguous), as [`to_channels_last`].
 pub fn to_channels_first(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        return x.contiguous()?.apply_op1_no_bwd(&Relayout { to_last: false });
+        return x
+            .contiguous()?
+            .apply_op1_no_bwd(&Relayout { to_last: false });
     }
     x.permute((0, 3, 1, 2))?.contiguous()
 }
@@ -539,9 +543,7 @@ impl MobileTrunk {
                 for b in &self.blocks {
                     h = b.forward_nhwc(&h)?;
                 }
-                let (n, hh, ww, _) = h.dims4()?;
-                let h = h.apply_op1_no_bwd(&HeadOp(head))?;
-                return h.reshape((n, hh * ww, head.cout()))?.mean(1);
+                return h.apply_op1_no_bwd(&HeadOp(head));
             }
         }
         let mut h = x.clone();
@@ -552,7 +554,8 @@ impl MobileTrunk {
     }
 }
 
-/// A channels-last 1×1 convolution as a candle custom op.
+/// A channels-last 1×1 convolution and the global average pool after it, as a candle custom
+/// op: `[n, h, w, cin]` → `[n, cout]`.
 struct HeadOp<'a>(&'a kiln_kernels::Pointwise);
 
 impl CustomOp1 for HeadOp<'_> {
@@ -564,8 +567,17 @@ impl CustomOp1 for HeadOp<'_> {
         if c != self.0.cin() {
             candle_core::bail!("1×1 conv expects {} input channels, got {c}", self.0.cin())
         }
+        let cout = self.0.cout();
         let y = self.0.forward(contiguous_f32(s, l, "input")?, n * h * w);
-        Ok((CpuStorage::F32(y), Shape::from((n, h, w, self.0.cout()))))
+        let mut pooled = vec![0f32; n * cout];
+        for (img, p) in y.chunks(h * w * cout).zip(pooled.chunks_mut(cout)) {
+            for px in img.chunks(cout) {
+                p.iter_mut().zip(px).for_each(|(a, &v)| *a += v);
+            }
+            let scale = 1.0 / (h * w) as f32;
+            p.iter_mut().for_each(|a| *a *= scale);
+        }
+        Ok((CpuStorage::F32(pooled), Shape::from((n, cout))))
     }
 }
 
@@ -574,6 +586,8 @@ impl CustomOp1 for HeadOp<'_> {
 pub struct Linear {
     weight_t: Tensor,
     bias: Tensor,
+    /// `W^T` `[in, out]` and `b` for kiln's CPU kernel, when the weights are f32 on the CPU.
+    cpu: Option<Arc<(Vec<f32>, Vec<f32>)>>,
 }
 
 impl Linear {
@@ -590,9 +604,19 @@ impl Linear {
         }
         let w = w.to_dtype(vb.dtype())?;
         let bias = vb.get(out, "bias")?;
+        let weight_t = w.t()?.contiguous()?;
+        let cpu = if weight_t.device().is_cpu() && weight_t.dtype() == DType::F32 {
+            Some(Arc::new((
+                weight_t.flatten_all()?.to_vec1::<f32>()?,
+                bias.to_vec1::<f32>()?,
+            )))
+        } else {
+            None
+        };
         Ok(Self {
-            weight_t: w.t()?.contiguous()?,
+            weight_t,
             bias,
+            cpu,
         })
     }
 
@@ -603,7 +627,31 @@ impl Linear {
 
     /// Applies the layer to `[n, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(w) = &self.cpu {
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                return x.contiguous()?.apply_op1_no_bwd(&LinearOp(w));
+            }
+        }
         x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}
+
+/// [`Linear`] on kiln's CPU GEMM, split over output columns.
+struct LinearOp<'a>(&'a (Vec<f32>, Vec<f32>));
+
+impl CustomOp1 for LinearOp<'_> {
+    fn name(&self) -> &'static str {
+        "kiln-linear"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, k) = l.shape().dims2()?;
+        let (wt, b) = self.0;
+        let m = b.len();
+        if wt.len() != k * m {
+            candle_core::bail!("linear expects {} input features, got {k}", wt.len() / m)
+        }
+        let y = kiln_kernels::linear(contiguous_f32(s, l, "input")?, n, k, wt, b, m);
+        Ok((CpuStorage::F32(y), Shape::from((n, m))))
     }
 }
 
