@@ -167,6 +167,16 @@ pub fn linear(x: &[f32], n: usize, k: usize, wt: &[f32], bias: &[f32], m: usize)
     crate::par_for(m.div_ceil(per), |t| {
         let out = &out;
         let (c0, c1) = (t * per, ((t + 1) * per).min(m));
+        if n <= 2 {
+            // A matrix-vector product per row: stream the weight once, accumulating into the
+            // output columns (the GEMM's packing would cost more than the product).
+            for i in 0..n {
+                // SAFETY: row `i`, columns c0..c1 of `y` are this task's alone.
+                let yr = unsafe { std::slice::from_raw_parts_mut(out.0.add(i * m + c0), c1 - c0) };
+                gemv_rows(&x[i * k..(i + 1) * k], wt, m, c0, yr);
+            }
+            return;
+        }
         // SAFETY: `x` is `[n × k]`, `wt` `[k × m]`, `y` `[n × m]`; this task alone touches
         // columns c0..c1 of `y`.
         unsafe {
@@ -188,13 +198,55 @@ pub fn linear(x: &[f32], n: usize, k: usize, wt: &[f32], bias: &[f32], m: usize)
     y
 }
 
+/// `y[j] += Σ_p x[p] · wt[p·m + c0 + j]`, vectorised along `j` for the CPU's width.
+fn gemv_rows(x: &[f32], wt: &[f32], m: usize, c0: usize, y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::depthwise::Isa;
+        match Isa::detect() {
+            // SAFETY: the features were detected on this CPU.
+            Isa::Avx512 => return unsafe { gemv_avx512(x, wt, m, c0, y) },
+            Isa::Avx2Fma => return unsafe { gemv_avx2(x, wt, m, c0, y) },
+            Isa::Baseline => {}
+        }
+    }
+    gemv_body(x, wt, m, c0, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gemv_avx512(x: &[f32], wt: &[f32], m: usize, c0: usize, y: &mut [f32]) {
+    gemv_body(x, wt, m, c0, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_avx2(x: &[f32], wt: &[f32], m: usize, c0: usize, y: &mut [f32]) {
+    gemv_body(x, wt, m, c0, y)
+}
+
+#[inline(always)]
+fn gemv_body(x: &[f32], wt: &[f32], m: usize, c0: usize, y: &mut [f32]) {
+    let n = y.len();
+    for (p, &xv) in x.iter().enumerate() {
+        let w = &wt[p * m + c0..p * m + c0 + n];
+        y.iter_mut().zip(w).for_each(|(a, &b)| *a += xv * b);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::sgemm;
 
     #[test]
     fn linear_matches_naive() {
-        let (n, k, m) = (3, 37, 300);
+        for n in [1, 3] {
+            linear_case(n);
+        }
+    }
+
+    fn linear_case(n: usize) {
+        let (k, m) = (37, 300);
         let x: Vec<f32> = (0..n * k).map(|i| (i % 7) as f32 - 3.0).collect();
         let wt: Vec<f32> = (0..k * m).map(|i| (i % 5) as f32 * 0.5).collect();
         let b: Vec<f32> = (0..m).map(|i| i as f32 * 0.01).collect();

@@ -271,8 +271,16 @@ impl EfficientNetLite {
 
 impl ImageModel for EfficientNetLite {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.stem.forward(x)?;
-        self.classifier.forward(&self.trunk.forward(&h)?)
+        let features = if self.trunk.runs_channels_last(x) {
+            let stem = self
+                .stem
+                .conv
+                .forward_channels_last(&self.stem.padded(x)?)?;
+            self.trunk.forward_channels_last(&stem)?
+        } else {
+            self.trunk.forward(&self.stem.forward(x)?)?
+        };
+        self.classifier.forward(&features)
     }
 
     fn num_classes(&self) -> usize {

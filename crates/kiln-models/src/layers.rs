@@ -220,6 +220,18 @@ impl ConvBn {
         self.forward_candle(x, residual)
     }
 
+    /// The convolution, bias and activation with a channels-last result, `[n, oh, ow, cout]`:
+    /// straight from kiln's kernels on the CPU in f32 (dense convolutions), else computed
+    /// channels-first and transposed.
+    pub fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(k) = &self.packed {
+            if x.device().is_cpu() && x.dtype() == DType::F32 && self.geom.groups == 1 {
+                return x.contiguous()?.apply_op1_no_bwd(&ChannelsLastConv(k));
+            }
+        }
+        to_channels_last(&self.forward(x)?)
+    }
+
     /// The same with candle's own ops: every device and dtype, and the reference the kernels are
     /// tested against.
     pub fn forward_candle(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
@@ -237,6 +249,27 @@ impl ConvBn {
             None => y,
         };
         self.act.apply(&y)
+    }
+}
+
+/// [`ConvBn::forward_channels_last`] on kiln's CPU kernels.
+struct ChannelsLastConv<'a>(&'a kiln_kernels::Conv2d);
+
+impl CustomOp1 for ChannelsLastConv<'_> {
+    fn name(&self) -> &'static str {
+        "kiln-conv2d-nhwc"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l.shape().dims4()?;
+        let sh = self.0.shape();
+        if c != sh.cin {
+            candle_core::bail!("conv expects {} input channels, got {c}", sh.cin)
+        }
+        let [_, cout, oh, ow] = self.0.out_dims(n, h, w);
+        let y = self
+            .0
+            .forward_channels_last(contiguous_f32(s, l, "input")?, n, h, w);
+        Ok((CpuStorage::F32(y), Shape::from((n, oh, ow, cout))))
     }
 }
 
@@ -535,22 +568,39 @@ impl MobileTrunk {
         })
     }
 
-    /// `[n, c, h, w]` (the stem's output) → pooled features `[n, head channels]`.
+    /// Whether [`MobileTrunk::forward_channels_last`] runs for `x`: CPU, f32, every block fused.
+    pub fn runs_channels_last(&self, x: &Tensor) -> bool {
+        self.head_cl.is_some() && x.device().is_cpu() && x.dtype() == DType::F32
+    }
+
+    /// `[n, c, h, w]` (the stem's output) → pooled features `[n, head channels]`, layer by
+    /// layer in NCHW: every device and dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(head) = &self.head_cl {
-            if x.device().is_cpu() && x.dtype() == DType::F32 {
-                let mut h = to_channels_last(x)?;
-                for b in &self.blocks {
-                    h = b.forward_nhwc(&h)?;
-                }
-                return h.apply_op1_no_bwd(&HeadOp(head));
-            }
+        if self.runs_channels_last(x) {
+            return self.forward_channels_last(&to_channels_last(x)?);
         }
         let mut h = x.clone();
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
         global_avg_pool(&self.head.forward(&h)?)
+    }
+
+    /// The stem's output channels-last, `[n, h, w, c]` → pooled features `[n, head channels]`.
+    /// Needs [`MobileTrunk::runs_channels_last`].
+    pub fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(head) = self
+            .head_cl
+            .as_deref()
+            .filter(|_| self.runs_channels_last(x))
+        else {
+            candle_core::bail!("the channels-last trunk runs on the CPU in f32 only")
+        };
+        let mut h = x.clone();
+        for b in &self.blocks {
+            h = b.forward_nhwc(&h)?;
+        }
+        h.apply_op1_no_bwd(&HeadOp(head))
     }
 }
 

@@ -132,8 +132,13 @@ impl MobileNetV2 {
 
 impl ImageModel for MobileNetV2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.stem.forward(x)?;
-        self.classifier.forward(&self.trunk.forward(&h)?)
+        let features = if self.trunk.runs_channels_last(x) {
+            self.trunk
+                .forward_channels_last(&self.stem.forward_channels_last(x)?)?
+        } else {
+            self.trunk.forward(&self.stem.forward(x)?)?
+        };
+        self.classifier.forward(&features)
     }
 
     fn num_classes(&self) -> usize {
