@@ -81,6 +81,8 @@ pub struct Conv2d {
     packed: Option<crate::packed_gemm::PackedA>,
     /// The weight packed for [`Conv2d::forward_channels_last`], on first use.
     channels_last: std::sync::OnceLock<crate::Pointwise>,
+    /// The weight packed for [`Conv2d::forward_nhwc`], on first use.
+    pub(crate) nhwc: std::sync::OnceLock<crate::Pointwise>,
 }
 
 thread_local! {
@@ -128,6 +130,7 @@ impl Conv2d {
             kind,
             packed,
             channels_last: std::sync::OnceLock::new(),
+            nhwc: std::sync::OnceLock::new(),
             // OIHW is already `[g][cout/g][cin/g · k · k]` row-major and `[c][k·k]` for
             // depthwise: the layouts both kernels want.
             weight: weight.to_vec(),

@@ -37,6 +37,7 @@
 mod act;
 mod block;
 mod conv;
+mod conv_nhwc;
 mod depthwise;
 mod dw_nhwc;
 mod gemm_f32;
@@ -48,6 +49,7 @@ mod transpose;
 pub use act::Activation;
 pub use block::{tf_same as tf_same_padding, DwPadding, InvertedResidual};
 pub use conv::{Conv2d, ConvShape, KernelKind};
+pub use conv_nhwc::{avg_pool_nhwc, max_pool_3x3_s2_nhwc};
 pub use gemm_f32::{linear, sgemm};
 pub use pw_nhwc::{Pointwise, Strides};
 pub use team::{par_chunks_mut, par_for, team};

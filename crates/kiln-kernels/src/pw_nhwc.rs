@@ -125,10 +125,13 @@ impl Pointwise {
             unsafe {
                 self.run_avx512(
                     x.as_ptr(),
-                    st,
+                    &[0],
+                    st.channel,
+                    |i| i * st.pixel,
                     npx,
                     res.map(|r| r.as_ptr()),
                     out.as_mut_ptr(),
+                    0..self.tiles(),
                 )
             };
             return;
@@ -155,6 +158,16 @@ impl Pointwise {
         );
     }
 
+    /// Output-channel tiles of [`NR`] the packed kernel computes.
+    pub(crate) fn tiles(&self) -> usize {
+        self.cout.div_ceil(NR)
+    }
+
+    /// Whether the AVX-512 kernel runs (else the `gemm` crate fallback).
+    pub(crate) fn is_packed(&self) -> bool {
+        self.packed
+    }
+
     /// All pixels of a channels-last `[npx][cin]` input; returns `[npx][cout]`.
     pub fn forward(&self, x: &[f32], npx: usize) -> Vec<f32> {
         assert_eq!(x.len(), npx * self.cin, "pointwise: input size");
@@ -179,40 +192,54 @@ impl Pointwise {
         out
     }
 
+    /// The packed kernel over `npx` output pixels: pixel `i` reads its input at
+    /// `x + pixel_at(i)` (plus the tap offsets and `ci · channel`), and writes
+    /// `out[i·cout + ...]` (`res` alike), for the output-channel tiles `tiles`.
+    ///
+    /// # Safety
+    /// AVX-512F must be available and the weight packed ([`Pointwise::is_packed`]); every input
+    /// element reached, and `npx` pixels of `out` (and `res`) in the tiles' channels, must be
+    /// in bounds, the output not accessed by anyone else.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn run_avx512(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn run_avx512(
         &self,
         x: *const f32,
-        st: Strides,
+        taps: &[usize],
+        channel: usize,
+        pixel_at: impl Fn(usize) -> usize,
         npx: usize,
         res: Option<*const f32>,
         out: *mut f32,
+        tiles: std::ops::Range<usize>,
     ) {
-        let tiles = self.cout.div_ceil(NR);
-        for t in 0..tiles {
+        for t in tiles {
             let n = (self.cout - t * NR).min(NR);
             let m = (lane_mask(n), lane_mask(n.saturating_sub(16)));
             let panel = self.weight.as_ptr().add(t * self.cin * NR);
             let bias = self.bias.as_ptr().add(t * NR);
             let at = |px: usize| {
                 (
-                    x.add(px * st.pixel),
                     res.map(|r| r.add(px * self.cout + t * NR)),
                     out.add(px * self.cout + t * NR),
                 )
             };
             let mut px = 0;
             while px + MR <= npx {
-                let (xp, rp, op) = at(px);
-                tile::<MR>(self, panel, bias, xp, st.channel, st.pixel, rp, op, m);
+                let (rp, op) = at(px);
+                let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
+                tile::<MR>(self, panel, bias, xs, taps, channel, rp, op, m);
                 px += MR;
             }
-            let (xp, rp, op) = at(px);
+            let (rp, op) = at(px);
             macro_rules! rest {
                 ($($r:literal)*) => {
                     match npx - px {
-                        $($r => tile::<$r>(self, panel, bias, xp, st.channel, st.pixel, rp, op, m),)*
+                        $($r => {
+                            let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
+                            tile::<$r>(self, panel, bias, xs, taps, channel, rp, op, m)
+                        })*
                         _ => {}
                     }
                 };
@@ -232,7 +259,10 @@ fn lane_mask(n: usize) -> u16 {
     }
 }
 
-/// `R` pixels × one 32-channel tile.
+/// `R` pixels × one 32-channel tile. The reduction runs over `taps` (offsets added to each
+/// pixel's input pointer `xs[r]`, for the kernel positions of a k×k convolution; `[0]` for 1×1)
+/// and, within each, the input channels: weight row `t·cin_tap + ci` meets
+/// `xs[r][taps[t] + ci·channel]`.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -241,9 +271,9 @@ unsafe fn tile<const R: usize>(
     pw: &Pointwise,
     panel: *const f32,
     bias: *const f32,
-    x: *const f32,
-    cs: usize,
-    ps: usize,
+    xs: [*const f32; R],
+    taps: &[usize],
+    channel: usize,
     res: Option<*const f32>,
     out: *mut f32,
     (m0, m1): (u16, u16),
@@ -252,14 +282,19 @@ unsafe fn tile<const R: usize>(
     let b0 = _mm512_loadu_ps(bias);
     let b1 = _mm512_loadu_ps(bias.add(16));
     let mut acc = [[b0, b1]; R];
-    for ci in 0..pw.cin {
-        let w0 = _mm512_loadu_ps(panel.add(ci * NR));
-        let w1 = _mm512_loadu_ps(panel.add(ci * NR + 16));
-        let xr = x.add(ci * cs);
-        for (r, a) in acc.iter_mut().enumerate() {
-            let v = _mm512_set1_ps(*xr.add(r * ps));
-            a[0] = _mm512_fmadd_ps(v, w0, a[0]);
-            a[1] = _mm512_fmadd_ps(v, w1, a[1]);
+    let cin_tap = pw.cin / taps.len();
+    let mut wp = panel;
+    for &off in taps {
+        let xt = xs.map(|p| p.wrapping_add(off));
+        for ci in 0..cin_tap {
+            let w0 = _mm512_loadu_ps(wp);
+            let w1 = _mm512_loadu_ps(wp.add(16));
+            wp = wp.add(NR);
+            for (a, p) in acc.iter_mut().zip(&xt) {
+                let v = _mm512_set1_ps(*p.add(ci * channel));
+                a[0] = _mm512_fmadd_ps(v, w0, a[0]);
+                a[1] = _mm512_fmadd_ps(v, w1, a[1]);
+            }
         }
     }
     let (lo, hi) = pw.act.bounds();

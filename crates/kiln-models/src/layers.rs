@@ -232,6 +232,29 @@ impl ConvBn {
         to_channels_last(&self.forward(x)?)
     }
 
+    /// Whether [`ConvBn::forward_nhwc`] runs for `x`: CPU, f32, a dense (ungrouped) convolution.
+    pub fn runs_nhwc(&self, x: &Tensor) -> bool {
+        self.packed.is_some()
+            && self.geom.groups == 1
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+    }
+
+    /// Convolution, bias, optional residual and activation on channels-last `[n, h, w, c]`
+    /// (residual and result `[n, oh, ow, cout]`), on kiln's CPU kernels. Needs
+    /// [`ConvBn::runs_nhwc`].
+    pub fn forward_nhwc(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let Some(k) = self.packed.as_deref().filter(|_| self.runs_nhwc(x)) else {
+            candle_core::bail!("channels-last convolutions run on the CPU in f32, ungrouped")
+        };
+        let op = NhwcConv(k);
+        let x = x.contiguous()?;
+        match residual {
+            None => x.apply_op1_no_bwd(&op),
+            Some(r) => x.apply_op2_no_bwd(&r.contiguous()?, &op),
+        }
+    }
+
     /// The same with candle's own ops: every device and dtype, and the reference the kernels are
     /// tested against.
     pub fn forward_candle(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
@@ -249,6 +272,96 @@ impl ConvBn {
             None => y,
         };
         self.act.apply(&y)
+    }
+}
+
+/// [`ConvBn::forward_nhwc`] as a candle custom op (input, and the residual as second operand).
+struct NhwcConv<'a>(&'a kiln_kernels::Conv2d);
+
+impl NhwcConv<'_> {
+    fn run(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        res: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = xl.shape().dims4()?;
+        let s = self.0.shape();
+        if c != s.cin {
+            candle_core::bail!("conv expects {} input channels, got {c}", s.cin)
+        }
+        let (oh, ow) = s.out_hw(h, w);
+        let dims = [n, oh, ow, s.cout];
+        let rs = match res {
+            Some((r, rl)) => {
+                if rl.dims() != dims {
+                    candle_core::bail!("residual {:?} does not match the conv output {dims:?}", rl.dims())
+                }
+                Some(contiguous_f32(r, rl, "residual")?)
+            }
+            None => None,
+        };
+        let y = self.0.forward_nhwc(contiguous_f32(x, xl, "input")?, n, h, w, rs);
+        Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
+    }
+}
+
+impl CustomOp1 for NhwcConv<'_> {
+    fn name(&self) -> &'static str {
+        "kiln-conv2d-nhwc-in"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run(s, l, None)
+    }
+}
+
+impl CustomOp2 for NhwcConv<'_> {
+    fn name(&self) -> &'static str {
+        "kiln-conv2d-nhwc-in-residual"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.run(s1, l1, Some((s2, l2)))
+    }
+}
+
+/// 3×3 stride-2 max pooling with one pixel of padding on channels-last `[n, h, w, c]` f32 on
+/// the CPU (ResNet's, after the stem).
+pub fn max_pool_3x3_s2_nhwc(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&PoolOp { max: true })
+}
+
+/// Global average pooling of channels-last `[n, h, w, c]` f32 on the CPU: `[n, c]`.
+pub fn avg_pool_nhwc(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&PoolOp { max: false })
+}
+
+struct PoolOp {
+    max: bool,
+}
+
+impl CustomOp1 for PoolOp {
+    fn name(&self) -> &'static str {
+        "kiln-pool-nhwc"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = l.shape().dims4()?;
+        let x = contiguous_f32(s, l, "input")?;
+        Ok(if self.max {
+            let y = kiln_kernels::max_pool_3x3_s2_nhwc(x, n, h, w, c);
+            let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+            (CpuStorage::F32(y), Shape::from((n, oh, ow, c)))
+        } else {
+            (
+                CpuStorage::F32(kiln_kernels::avg_pool_nhwc(x, n, h * w, c)),
+                Shape::from((n, c)),
+            )
+        })
     }
 }
 

@@ -9,7 +9,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::layers::{global_avg_pool, Act, ConvBn, ConvGeom, Linear};
+use crate::layers::{
+    avg_pool_nhwc, global_avg_pool, max_pool_3x3_s2_nhwc, Act, ConvBn, ConvGeom, Linear,
+};
 use crate::ImageModel;
 
 /// torchvision's batch-norm epsilon (`nn.BatchNorm2d` default).
@@ -146,6 +148,28 @@ impl Block {
         Ok(Self { convs, downsample })
     }
 
+    /// Whether every convolution of the block runs channels-last for `x`.
+    fn runs_nhwc(&self, x: &Tensor) -> bool {
+        self.convs
+            .iter()
+            .chain(&self.downsample)
+            .all(|c| c.runs_nhwc(x))
+    }
+
+    /// The block on channels-last `[n, h, w, c]` (CPU, f32; [`Block::runs_nhwc`]).
+    fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward_nhwc(x, None)?,
+            None => x.clone(),
+        };
+        let (last, first) = self.convs.split_last().expect("a block has convolutions");
+        let mut h = x.clone();
+        for c in first {
+            h = c.forward_nhwc(&h, None)?;
+        }
+        last.forward_nhwc(&h, Some(&shortcut))
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let shortcut = match &self.downsample {
             Some(d) => d.forward(x)?,
@@ -226,6 +250,14 @@ fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
 
 impl ImageModel for ResNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.stem.runs_nhwc(x) && self.blocks.iter().all(|b| b.runs_nhwc(x)) {
+            // CPU, f32, no grouped convolutions: channels-last from the stem to the pooling.
+            let mut h = max_pool_3x3_s2_nhwc(&self.stem.forward_channels_last(x)?)?;
+            for b in &self.blocks {
+                h = b.forward_nhwc(&h)?;
+            }
+            return self.fc.forward(&avg_pool_nhwc(&h)?);
+        }
         let mut h = max_pool_3x3_s2_p1(&self.stem.forward(x)?)?;
         for b in &self.blocks {
             h = b.forward(&h)?;

@@ -1,0 +1,261 @@
+//! Dense convolutions on channels-last activations (`[n][h][w][c]`), as an implicit GEMM: each
+//! `12 pixels × 32 channels` output tile accumulates over the kernel's taps and the input
+//! channels straight from the (zero-bordered) input, with the weight packed once as
+//! `[tile][ky][kx][cin][32]`. No im2col matrix, no per-call packing, bias / residual /
+//! activation in registers: the CPU path of ResNet.
+
+use crate::conv::{Conv2d, KernelKind};
+use crate::pw_nhwc::Pointwise;
+
+/// Packed weight bytes a task keeps hot while it walks its rows.
+const GROUP_BYTES: usize = 512 * 1024;
+
+struct SendPtr(*mut f32);
+// SAFETY: tasks write disjoint (channel tile, row) blocks of the output.
+unsafe impl Sync for SendPtr {}
+
+impl Conv2d {
+    /// `act(conv(x) + bias (+ residual))` on channels-last data: `x` `[n, h, w, cin]`, the
+    /// residual and the result `[n, oh, ow, cout]`. Dense (ungrouped, not depthwise)
+    /// convolutions; parallel with [`crate::par_for`]. Without AVX-512 it transposes around the
+    /// channels-first kernels.
+    pub fn forward_nhwc(
+        &self,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        res: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let s = self.shape();
+        assert!(
+            s.groups == 1 && self.kind() != KernelKind::Depthwise,
+            "forward_nhwc: dense convolutions only"
+        );
+        assert_eq!(x.len(), n * h * w * s.cin, "input size");
+        let (oh, ow) = s.out_hw(h, w);
+        let (k, cin, cout) = (s.kernel, s.cin, s.cout);
+        let img_out = oh * ow * cout;
+        if let Some(r) = res {
+            assert_eq!(r.len(), n * img_out, "residual size");
+        }
+        let pw = self.nhwc_packed();
+        if !pw.is_packed() {
+            let xc = crate::nhwc_to_nchw(x, n, cin, h * w);
+            let rc = res.map(|r| crate::nhwc_to_nchw(r, n, cout, oh * ow));
+            let y = self.forward(&xc, n, h, w, rc.as_deref());
+            return crate::nchw_to_nhwc(&y, n, cout, oh * ow);
+        }
+        let [t, b, l, r] = s.pad;
+        let (hp, wp) = (h + t + b, w + l + r);
+        let mut out: Vec<f32> = Vec::with_capacity(n * img_out);
+        // SAFETY: the tasks below write every output element before anything reads it; f32 has
+        // no invalid bit patterns.
+        #[allow(clippy::uninit_vec)]
+        unsafe {
+            out.set_len(n * img_out)
+        };
+        let mut padded = Vec::new();
+        let taps: Vec<usize> = (0..k * k)
+            .map(|i| ((i / k) * wp + i % k) * cin)
+            .collect();
+        let tiles = pw.tiles();
+        let per_group = (GROUP_BYTES / (k * k * cin * 32 * 4)).clamp(1, tiles);
+        let groups = tiles.div_ceil(per_group);
+        let threads = crate::current_threads();
+        let px_parts = if threads > 1 {
+            (2 * threads).div_ceil(groups)
+        } else {
+            1
+        };
+        for i in 0..n {
+            let xi = &x[i * h * w * cin..(i + 1) * h * w * cin];
+            let src: &[f32] = if [t, b, l, r] == [0; 4] {
+                xi
+            } else {
+                padded.clear();
+                padded.resize(hp * wp * cin, 0.0);
+                for y in 0..h {
+                    let d = ((y + t) * wp + l) * cin;
+                    padded[d..d + w * cin].copy_from_slice(&xi[y * w * cin..(y + 1) * w * cin]);
+                }
+                &padded
+            };
+            let ri = res.map(|r| &r[i * img_out..(i + 1) * img_out]);
+            let o = SendPtr(out[i * img_out..].as_mut_ptr());
+            // Pixel ranges of whole micro-tiles over the flattened output (a tile may span two
+            // rows: each pixel carries its own input offset).
+            let npx = oh * ow;
+            let per = npx.div_ceil(px_parts).next_multiple_of(12);
+            let parts = npx.div_ceil(per);
+            let pixel_at = |p: usize| ((p / ow) * s.stride * wp + (p % ow) * s.stride) * cin;
+            crate::par_for(groups * parts, |task| {
+                let o = &o;
+                let (g, q) = (task / parts, task % parts);
+                let tiles = g * per_group..((g + 1) * per_group).min(tiles);
+                let (p0, p1) = (q * per, ((q + 1) * per).min(npx));
+                // SAFETY: AVX-512F is available (`is_packed`); every tap of every pixel lies in
+                // the padded input (its size follows from the output size); this task alone
+                // writes channel tiles `tiles` of pixels p0..p1.
+                unsafe {
+                    pw.run_avx512(
+                        src.as_ptr(),
+                        &taps,
+                        1,
+                        |i| pixel_at(p0 + i),
+                        p1 - p0,
+                        ri.map(|r| r[p0 * cout..].as_ptr()),
+                        o.0.add(p0 * cout),
+                        tiles,
+                    )
+                };
+            });
+        }
+        out
+    }
+
+    /// The weight reordered to `[cout][ky][kx][cin]` and packed for the channels-last kernel,
+    /// on first use.
+    fn nhwc_packed(&self) -> &Pointwise {
+        self.nhwc.get_or_init(|| {
+            let s = self.shape();
+            let (k, cin, cout) = (s.kernel, s.cin, s.cout);
+            let wt = self.weight();
+            let mut ohwi = vec![0f32; wt.len()];
+            for co in 0..cout {
+                for ci in 0..cin {
+                    for t in 0..k * k {
+                        ohwi[(co * k * k + t) * cin + ci] = wt[(co * cin + ci) * k * k + t];
+                    }
+                }
+            }
+            Pointwise::new(&ohwi, self.bias(), k * k * cin, cout, self.activation())
+        })
+    }
+}
+
+/// 3×3 stride-2 max pooling with 1 pixel of padding (ResNet's), channels-last:
+/// `[n, h, w, c]` → `[n, oh, ow, c]`; padding never wins (as PyTorch's `-inf` padding).
+pub fn max_pool_3x3_s2_nhwc(x: &[f32], n: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * h * w * c, "max pool: input size");
+    let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+    let mut out = vec![0f32; n * oh * ow * c];
+    if c == 0 {
+        return out;
+    }
+    crate::par_chunks_mut(&mut out, ow * c, |row, o| {
+        let (i, oy) = (row / oh, row % oh);
+        let xi = &x[i * h * w * c..(i + 1) * h * w * c];
+        for ox in 0..ow {
+            let d = &mut o[ox * c..(ox + 1) * c];
+            d.fill(f32::NEG_INFINITY);
+            for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                    let p = &xi[(iy * w + ix) * c..(iy * w + ix + 1) * c];
+                    d.iter_mut().zip(p).for_each(|(a, &v)| *a = a.max(v));
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Global average pooling, channels-last: `[n, hw, c]` → `[n, c]`.
+pub fn avg_pool_nhwc(x: &[f32], n: usize, hw: usize, c: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * hw * c, "avg pool: input size");
+    let mut out = vec![0f32; n * c];
+    for (img, p) in x.chunks(hw * c.max(1)).zip(out.chunks_mut(c.max(1))) {
+        for px in img.chunks(c.max(1)) {
+            p.iter_mut().zip(px).for_each(|(a, &v)| *a += v);
+        }
+        let scale = 1.0 / hw.max(1) as f32;
+        p.iter_mut().for_each(|a| *a *= scale);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Activation, ConvShape};
+
+    fn vals(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Against the channels-first kernels, on ResNet's shapes (7×7/2 stem, 3×3 stride 1 and 2,
+    /// 1×1 stride 1 and 2, residual), ragged channel and pixel counts, 1 to 3 threads.
+    #[test]
+    fn matches_channels_first() {
+        let cases = [
+            (3, 16, 7, 2, 3, 23, 20, true),
+            (16, 40, 3, 1, 1, 9, 13, true),
+            (24, 32, 3, 2, 1, 14, 11, false),
+            (32, 64, 1, 1, 0, 7, 7, true),
+            (32, 48, 1, 2, 0, 9, 8, false),
+        ];
+        for (cin, cout, k, st, p, h, w, with_res) in cases {
+            let s = ConvShape {
+                cin,
+                cout,
+                kernel: k,
+                stride: st,
+                groups: 1,
+                pad: [p; 4],
+            };
+            let n = 2;
+            let conv = Conv2d::new(s, &vals(cout * cin * k * k, 2), Some(&vals(cout, 3)), Activation::Relu);
+            let [_, _, oh, ow] = conv.out_dims(n, h, w);
+            let x = vals(n * cin * h * w, 1);
+            let res = with_res.then(|| vals(n * cout * oh * ow, 4));
+            let want = conv.forward(&x, n, h, w, res.as_deref());
+            let want = crate::nchw_to_nhwc(&want, n, cout, oh * ow);
+            let x_cl = crate::nchw_to_nhwc(&x, n, cin, h * w);
+            let res_cl = res.map(|r| crate::nchw_to_nhwc(&r, n, cout, oh * ow));
+            for threads in 1..=3 {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let got = pool.install(|| conv.forward_nhwc(&x_cl, n, h, w, res_cl.as_deref()));
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
+                assert!(diff < 1e-4, "{s:?} {h}x{w} {threads} threads: max diff {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_matches_naive() {
+        let (n, h, w, c) = (2, 7, 6, 5);
+        let x = vals(n * h * w * c, 7);
+        let y = max_pool_3x3_s2_nhwc(&x, n, h, w, c);
+        let (oh, ow) = (4, 3);
+        for i in 0..n {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ch in 0..c {
+                        let mut m = f32::NEG_INFINITY;
+                        for dy in 0..3 {
+                            for dx in 0..3 {
+                                let (iy, ix) = ((2 * oy + dy) as isize - 1, (2 * ox + dx) as isize - 1);
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    m = m.max(x[((i * h + iy as usize) * w + ix as usize) * c + ch]);
+                                }
+                            }
+                        }
+                        assert_eq!(y[((i * oh + oy) * ow + ox) * c + ch], m);
+                    }
+                }
+            }
+        }
+    }
+}
