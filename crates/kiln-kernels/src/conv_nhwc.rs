@@ -56,9 +56,7 @@ impl Conv2d {
             out.set_len(n * img_out)
         };
         let mut padded = Vec::new();
-        let taps: Vec<usize> = (0..k * k)
-            .map(|i| ((i / k) * wp + i % k) * cin)
-            .collect();
+        let taps: Vec<usize> = (0..k * k).map(|i| ((i / k) * wp + i % k) * cin).collect();
         let tiles = pw.tiles();
         let per_group = (GROUP_BYTES / (k * k * cin * 32 * 4)).clamp(1, tiles);
         let groups = tiles.div_ceil(per_group);
@@ -86,7 +84,7 @@ impl Conv2d {
             // Pixel ranges of whole micro-tiles over the flattened output (a tile may span two
             // rows: each pixel carries its own input offset).
             let npx = oh * ow;
-            let per = npx.div_ceil(px_parts).next_multiple_of(12);
+            let per = npx.div_ceil(px_parts).next_multiple_of(pw.tile_pixels());
             let parts = npx.div_ceil(per);
             let pixel_at = |p: usize| ((p / ow) * s.stride * wp + (p % ow) * s.stride) * cin;
             crate::par_for(groups * parts, |task| {
@@ -212,7 +210,12 @@ mod tests {
                 pad: [p; 4],
             };
             let n = 2;
-            let conv = Conv2d::new(s, &vals(cout * cin * k * k, 2), Some(&vals(cout, 3)), Activation::Relu);
+            let conv = Conv2d::new(
+                s,
+                &vals(cout * cin * k * k, 2),
+                Some(&vals(cout, 3)),
+                Activation::Relu,
+            );
             let [_, _, oh, ow] = conv.out_dims(n, h, w);
             let x = vals(n * cin * h * w, 1);
             let res = with_res.then(|| vals(n * cout * oh * ow, 4));
@@ -221,14 +224,23 @@ mod tests {
             let x_cl = crate::nchw_to_nhwc(&x, n, cin, h * w);
             let res_cl = res.map(|r| crate::nchw_to_nhwc(&r, n, cout, oh * ow));
             for threads in 1..=3 {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
                 let got = pool.install(|| conv.forward_nhwc(&x_cl, n, h, w, res_cl.as_deref()));
                 let diff = got
                     .iter()
                     .zip(&want)
                     .map(|(a, b)| (a - b).abs())
-                    .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
-                assert!(diff < 1e-4, "{s:?} {h}x{w} {threads} threads: max diff {diff}");
+                    .fold(
+                        0f32,
+                        |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+                    );
+                assert!(
+                    diff < 1e-4,
+                    "{s:?} {h}x{w} {threads} threads: max diff {diff}"
+                );
             }
         }
     }
@@ -246,9 +258,11 @@ mod tests {
                         let mut m = f32::NEG_INFINITY;
                         for dy in 0..3 {
                             for dx in 0..3 {
-                                let (iy, ix) = ((2 * oy + dy) as isize - 1, (2 * ox + dx) as isize - 1);
+                                let (iy, ix) =
+                                    ((2 * oy + dy) as isize - 1, (2 * ox + dx) as isize - 1);
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                    m = m.max(x[((i * h + iy as usize) * w + ix as usize) * c + ch]);
+                                    m = m
+                                        .max(x[((i * h + iy as usize) * w + ix as usize) * c + ch]);
                                 }
                             }
                         }

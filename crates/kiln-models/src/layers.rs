@@ -295,13 +295,18 @@ impl NhwcConv<'_> {
         let rs = match res {
             Some((r, rl)) => {
                 if rl.dims() != dims {
-                    candle_core::bail!("residual {:?} does not match the conv output {dims:?}", rl.dims())
+                    candle_core::bail!(
+                        "residual {:?} does not match the conv output {dims:?}",
+                        rl.dims()
+                    )
                 }
                 Some(contiguous_f32(r, rl, "residual")?)
             }
             None => None,
         };
-        let y = self.0.forward_nhwc(contiguous_f32(x, xl, "input")?, n, h, w, rs);
+        let y = self
+            .0
+            .forward_nhwc(contiguous_f32(x, xl, "input")?, n, h, w, rs);
         Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
     }
 }
