@@ -199,6 +199,8 @@ mod tests {
             (24, 32, 3, 2, 1, 14, 11, false),
             (32, 64, 1, 1, 0, 7, 7, true),
             (32, 48, 1, 2, 0, 9, 8, false),
+            (48, 64, 3, 1, 1, 8, 10, true),
+            (40, 128, 3, 2, 1, 11, 9, false),
         ];
         for (cin, cout, k, st, p, h, w, with_res) in cases {
             let s = ConvShape {

@@ -16,6 +16,8 @@ use crate::gemm_f32::sgemm_strided;
 /// and six input pointers instead of twelve, which leaves the general registers unspilled.
 const NARROW: (usize, usize) = (12, 2);
 const WIDE: (usize, usize) = (6, 4);
+/// Packed weight bytes of one K block (see `run_tiles`): well inside a 48 KiB L1.
+const K_BLOCK_BYTES: usize = 32 * 1024;
 
 /// Where the input of a [`Pointwise`] lies: element (channel `ci`, pixel `px`) at
 /// `ci · channel_stride + px · pixel_stride`.
@@ -256,6 +258,9 @@ impl Pointwise {
         tiles: std::ops::Range<usize>,
     ) {
         let nr = 16 * NV;
+        // K blocks whose packed weight (kc × nr floats) stays in L1 while the pixel tiles go
+        // by; partial sums wait in the output between blocks.
+        let kc = (K_BLOCK_BYTES / (nr * 4)).max(1);
         for t in tiles {
             let n = (self.cout - t * nr).min(nr);
             let m: [u16; NV] = std::array::from_fn(|v| lane_mask(n.saturating_sub(16 * v)));
@@ -267,26 +272,31 @@ impl Pointwise {
                     out.add(px * self.cout + t * nr),
                 )
             };
-            let mut px = 0;
-            while px + MR <= npx {
+            let mut k0 = 0;
+            while k0 < self.cin {
+                let ks = k0..(k0 + kc).min(self.cin);
+                let mut px = 0;
+                while px + MR <= npx {
+                    let (rp, op) = at(px);
+                    let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
+                    tile::<MR, NV>(self, panel, bias, xs, taps, channel, ks.clone(), rp, op, m);
+                    px += MR;
+                }
                 let (rp, op) = at(px);
-                let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
-                tile::<MR, NV>(self, panel, bias, xs, taps, channel, rp, op, m);
-                px += MR;
+                macro_rules! rest {
+                    ($($r:literal)*) => {
+                        match npx - px {
+                            $($r if $r < MR => {
+                                let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
+                                tile::<$r, NV>(self, panel, bias, xs, taps, channel, ks.clone(), rp, op, m)
+                            })*
+                            _ => {}
+                        }
+                    };
+                }
+                rest!(1 2 3 4 5 6 7 8 9 10 11);
+                k0 = ks.end;
             }
-            let (rp, op) = at(px);
-            macro_rules! rest {
-                ($($r:literal)*) => {
-                    match npx - px {
-                        $($r if $r < MR => {
-                            let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
-                            tile::<$r, NV>(self, panel, bias, xs, taps, channel, rp, op, m)
-                        })*
-                        _ => {}
-                    }
-                };
-            }
-            rest!(1 2 3 4 5 6 7 8 9 10 11);
         }
     }
 }
@@ -316,18 +326,30 @@ unsafe fn tile<const R: usize, const NV: usize>(
     xs: [*const f32; R],
     taps: &[usize],
     channel: usize,
+    ks: std::ops::Range<usize>,
     res: Option<*const f32>,
     out: *mut f32,
     m: [u16; NV],
 ) {
     use std::arch::x86_64::*;
-    let b: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(bias.add(16 * v)));
-    let mut acc = [b; R];
+    let (first, last) = (ks.start == 0, ks.end == pw.cin);
+    let mut acc: [[__m512; NV]; R] = std::array::from_fn(|r| {
+        std::array::from_fn(|v| {
+            if first {
+                _mm512_loadu_ps(bias.add(16 * v))
+            } else {
+                _mm512_maskz_loadu_ps(m[v], out.add(r * pw.cout + 16 * v))
+            }
+        })
+    });
     let cin_tap = pw.cin / taps.len();
-    let mut wp = panel;
-    for &off in taps {
-        let xt = xs.map(|p| p.wrapping_add(off));
-        for ci in 0..cin_tap {
+    let mut wp = panel.add(ks.start * 16 * NV);
+    let mut k = ks.start;
+    while k < ks.end {
+        let t = k / cin_tap;
+        let (c0, c1) = (k - t * cin_tap, (ks.end - t * cin_tap).min(cin_tap));
+        let xt = xs.map(|p| p.wrapping_add(taps[t]));
+        for ci in c0..c1 {
             let w: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(wp.add(16 * v)));
             wp = wp.add(16 * NV);
             for (a, p) in acc.iter_mut().zip(&xt) {
@@ -337,6 +359,7 @@ unsafe fn tile<const R: usize, const NV: usize>(
                 }
             }
         }
+        k = t * cin_tap + c1;
     }
     let (lo, hi) = pw.act.bounds();
     let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
@@ -347,14 +370,13 @@ unsafe fn tile<const R: usize, const NV: usize>(
                 break;
             }
             let mut y = a[v];
-            if let Some(rp) = res {
-                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m[v], rp.add(r * pw.cout + 16 * v)));
+            if last {
+                if let Some(rp) = res {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m[v], rp.add(r * pw.cout + 16 * v)));
+                }
+                y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
             }
-            _mm512_mask_storeu_ps(
-                o.add(16 * v),
-                m[v],
-                _mm512_min_ps(_mm512_max_ps(y, vlo), vhi),
-            );
+            _mm512_mask_storeu_ps(o.add(16 * v), m[v], y);
         }
     }
 }
