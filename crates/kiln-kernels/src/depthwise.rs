@@ -24,18 +24,29 @@ pub(crate) enum Isa {
 }
 
 impl Isa {
+    /// The best level this CPU supports, capped by `KILN_ISA` (`avx2` or `baseline`) if set:
+    /// the lower levels' code paths can then be run and tested on any machine.
     pub(crate) fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
+            let cap = match std::env::var("KILN_ISA").as_deref() {
+                Ok("baseline") => Isa::Baseline,
+                Ok("avx2") => Isa::Avx2Fma,
+                _ => Isa::Avx512,
+            };
             #[cfg(target_arch = "x86_64")]
             {
-                if std::is_x86_feature_detected!("avx512f") {
+                if cap == Isa::Avx512 && std::is_x86_feature_detected!("avx512f") {
                     return Isa::Avx512;
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                if cap != Isa::Baseline
+                    && std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma")
+                {
                     return Isa::Avx2Fma;
                 }
             }
+            let _ = cap;
             Isa::Baseline
         })
     }
