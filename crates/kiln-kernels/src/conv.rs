@@ -10,12 +10,6 @@ use crate::gemm_f32::{sgemm, sgemm_raw};
 /// by output channels.
 const COL_SPLIT_MIN: usize = 128;
 
-/// A read-only pointer shared by tasks.
-struct SendConstPtr(*const f32);
-// SAFETY: only read.
-unsafe impl Sync for SendConstPtr {}
-unsafe impl Send for SendConstPtr {}
-
 /// A pointer handed to the tasks that write disjoint parts of one buffer.
 struct SendPtr(*mut f32);
 // SAFETY: only used to write disjoint column blocks, one task each.
@@ -76,9 +70,6 @@ pub struct Conv2d {
     weight: Vec<f32>,
     bias: Vec<f32>,
     act: Activation,
-    /// The weight packed in row panels for kiln's own AVX-512 GEMM (dense convolutions, opt-in:
-    /// `KILN_PACKED_GEMM=1`); `None`: the `gemm` crate runs on `weight`.
-    packed: Option<crate::packed_gemm::PackedA>,
     /// The weight packed for [`Conv2d::forward_channels_last`], on first use.
     channels_last: std::sync::OnceLock<crate::Pointwise>,
     /// The weight packed for [`Conv2d::forward_nhwc`], on first use.
@@ -122,13 +113,9 @@ impl Conv2d {
         } else {
             KernelKind::Im2colGemm
         };
-        let packed =
-            (kind != KernelKind::Depthwise && groups == 1 && crate::packed_gemm::enabled())
-                .then(|| crate::packed_gemm::PackedA::new(weight, cout, cin * k * k));
         Self {
             shape,
             kind,
-            packed,
             channels_last: std::sync::OnceLock::new(),
             nhwc: std::sync::OnceLock::new(),
             // OIHW is already `[g][cout/g][cin/g · k · k]` row-major and `[c][k·k]` for
@@ -344,45 +331,6 @@ impl Conv2d {
             };
             let r = res.map(|r| &r[i * img_out..(i + 1) * img_out]);
             let act = self.act;
-            #[cfg(target_arch = "x86_64")]
-            if let Some(pa) = &self.packed {
-                use crate::packed_gemm;
-                let optr = SendPtr(o.as_mut_ptr());
-                let rptr = r.map(|r| SendConstPtr(r.as_ptr()));
-                let (np, nt) = (pa.panels(), packed_gemm::tiles(ohw));
-                let job = |panels: std::ops::Range<usize>, tiles: std::ops::Range<usize>| {
-                    let (optr, rptr) = (&optr, &rptr);
-                    // SAFETY: AVX-512F is available (`packed` is only built then); `b` is
-                    // `[kdim × ohw]`, `o` and `r` `[cout × ohw]`; jobs get disjoint tiles or panels.
-                    unsafe {
-                        packed_gemm::run(
-                            pa,
-                            b.as_ptr(),
-                            ohw,
-                            &self.bias,
-                            rptr.as_ref().map(|p| p.0),
-                            act,
-                            optr.0,
-                            panels,
-                            tiles,
-                        )
-                    }
-                };
-                if threads == 1 {
-                    job(0..np, 0..nt);
-                } else if nt >= 2 * threads {
-                    let per = nt.div_ceil(threads * 2);
-                    crate::par_for(nt.div_ceil(per), |c| {
-                        job(0..np, c * per..((c + 1) * per).min(nt))
-                    });
-                } else {
-                    let per = np.div_ceil(threads * 2).max(1);
-                    crate::par_for(np.div_ceil(per), |c| {
-                        job(c * per..((c + 1) * per).min(np), 0..nt)
-                    });
-                }
-                continue;
-            }
             if s.groups == 1 && threads > 1 && ohw >= COL_SPLIT_MIN * threads {
                 // One fork-join per layer: each thread takes a block of output columns (pixels),
                 // runs its GEMM serially and then the epilogue on what it just wrote.
@@ -676,24 +624,24 @@ mod tests {
         let [_, _, oh, ow] = conv.out_dims(n, h, w);
         let res = with_res.then(|| vals(n * s.cout * oh * ow, 4));
         let want = reference(&s, &x, n, h, w, &wt, &b, res.as_deref(), act);
-        // Both GEMMs: the `gemm` crate's and, where the CPU has AVX-512, the packed one.
-        let mut unpacked = conv.clone();
-        unpacked.packed = None;
-        let mut packed = conv.clone();
-        if s.groups == 1 && conv.kind != KernelKind::Depthwise && crate::packed_gemm::supported() {
-            packed.packed = Some(crate::packed_gemm::PackedA::new(
-                &wt,
-                s.cout,
-                s.cin * s.kernel * s.kernel,
-            ));
+        let got = conv.forward(&x, n, h, w, res.as_deref());
+        assert_eq!(got.len(), want.len());
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - r).abs() <= 1e-4 * r.abs().max(1.0),
+                "{s:?} at {i}: {g} vs {r}"
+            );
         }
-        for c in [&conv, &unpacked, &packed] {
-            let got = c.forward(&x, n, h, w, res.as_deref());
-            assert_eq!(got.len(), want.len());
+        // The channels-last path of dense convolutions, against the same reference.
+        if s.groups == 1 && conv.kind != KernelKind::Depthwise {
+            let x_cl = crate::nchw_to_nhwc(&x, n, s.cin, h * w);
+            let r_cl = res.map(|r| crate::nchw_to_nhwc(&r, n, s.cout, oh * ow));
+            let got = conv.forward_nhwc(&x_cl, n, h, w, r_cl.as_deref());
+            let got = crate::nhwc_to_nchw(&got, n, s.cout, oh * ow);
             for (i, (g, r)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g - r).abs() <= 1e-4 * r.abs().max(1.0),
-                    "{s:?} at {i}: {g} vs {r}"
+                    "{s:?} channels-last at {i}: {g} vs {r}"
                 );
             }
         }

@@ -128,6 +128,8 @@ const PIX: usize = 4;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+// Taps are indexed by (ky, kx) on purpose: the row range is clipped at the image border.
+#[allow(clippy::needless_range_loop)]
 unsafe fn avx512<const K: usize, const S: usize>(
     p: &Strip,
     x: &[f32],

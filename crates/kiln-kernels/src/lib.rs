@@ -1,36 +1,34 @@
-//! kiln's CPU kernels for f32 NCHW convolutions.
+//! kiln's CPU kernels for f32 convolutions, channels-first (NCHW) and channels-last (NHWC).
 //!
 //! A kernel never knows which network it serves: [`Conv2d`] takes a geometry ([`ConvShape`]), a
 //! weight in PyTorch's `[cout, cin / groups, k, k]` layout, a bias and an [`Activation`], packs
-//! them once, and then runs on plain slices:
+//! them once, and then runs on plain slices.
 //!
-//! - 1×1 stride-1 unpadded convolutions are a straight GEMM per image and group,
-//!   `W[cout × cin] · X[cin × HW]`, with no copy of the input at all;
-//! - other dense or grouped convolutions gather their input once per image (im2col) and run one
-//!   GEMM per group;
-//! - depthwise convolutions (`groups == cin == cout`) run a native direct kernel, any square
-//!   kernel size, stride 1 or 2, any (also uneven, TensorFlow "SAME") padding.
+//! **Channels-last** (the fast path the model files take on the CPU):
+//! - [`Conv2d::forward_nhwc`]: dense convolutions as an implicit GEMM ([`Pointwise`]'s
+//!   micro-kernel): `6 px × 64 ch` or `12 × 32` output tiles accumulate over the kernel taps and
+//!   input channels straight from the input, the weight packed once per K block that stays in L1;
+//!   bias, residual and ReLU/ReLU6 applied in registers before the single store;
+//! - [`Conv2d::forward_channels_last`]: a network's stem, from NCHW input to NHWC output (im2col
+//!   into the same micro-kernel), so no transpose is needed to switch layouts;
+//! - [`InvertedResidual`]: a whole MobileNetV2 / MBConv block (1×1 expand, depthwise, 1×1
+//!   project, residual) fused over strips of rows, its expanded activations never leaving L2, the
+//!   depthwise kernel vectorised along channels.
 //!
-//! The bias, an optional residual and the activation are the output pass of every kernel: the
-//! GEMM accumulates onto an output pre-filled with `bias (+ residual)`, and the depthwise kernel
-//! writes `act(bias + Σ w·x)` straight from registers.
+//! **Channels-first** ([`Conv2d::forward`]), the reference path and the one grouped
+//! convolutions take: 1×1 as a straight GEMM, im2col + GEMM otherwise (the [`gemm`] crate), a
+//! native depthwise kernel, bias / residual / activation fused into one output pass.
 //!
-//! GEMMs are the [`gemm`] crate's (the one candle uses), which picks AVX-512, AVX2+FMA or
-//! baseline micro-kernels at run time; the depthwise kernel and the epilogue are compiled for the
-//! same three levels and chosen the same way. An AVX-512 GEMM of our own, with the weight packed
-//! once at load and the epilogue applied from registers, is opt-in (`KILN_PACKED_GEMM=1`): it is
-//! faster on single hot layers but, inside whole networks, still slower than the `gemm` crate.
-//!
-//! [`InvertedResidual`] fuses a MobileNetV2 / MBConv block (1×1 expand, depthwise, 1×1
-//! project, residual) into one pass over strips of rows, so that its expanded activations stay
-//! in cache.
+//! Every kernel has AVX-512, AVX2+FMA and portable versions, chosen at run time;
+//! `KILN_ISA=avx2` or `KILN_ISA=baseline` caps the choice (to test or compare the lower paths).
 //!
 //! # Threads
 //!
-//! Every kernel parallelises with rayon in the *current* pool: run the model inside
+//! Every kernel parallelises in the *current* rayon pool: run the model inside
 //! `pool.install(|| ...)` to bound it to a host's pool (see [`current_threads`]); otherwise
 //! rayon's global pool is used. Inside [`serial`] the kernels run on the calling thread only,
-//! for callers that parallelise over images themselves.
+//! for callers that parallelise over images themselves. Inside [`team`] the pool's other
+//! threads spin between the parallel steps of one forward pass instead of sleeping (batch 1).
 
 #![warn(missing_docs)]
 
@@ -41,7 +39,6 @@ mod conv_nhwc;
 mod depthwise;
 mod dw_nhwc;
 mod gemm_f32;
-mod packed_gemm;
 mod pw_nhwc;
 mod team;
 mod transpose;

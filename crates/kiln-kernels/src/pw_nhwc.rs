@@ -82,7 +82,11 @@ impl Pointwise {
                 nv: NARROW.1,
             };
         }
-        let nv = if cout % 64 == 0 { WIDE.1 } else { NARROW.1 };
+        let nv = if cout.is_multiple_of(64) {
+            WIDE.1
+        } else {
+            NARROW.1
+        };
         let nr = 16 * nv;
         let tiles = cout.div_ceil(nr);
         let mut panels = vec![0f32; tiles * cin * nr];

@@ -159,7 +159,7 @@ pub fn par_for(n: usize, task: impl Fn(usize) + Sync) {
     }
     let lead = LEADING.with(|l| l.get());
     if lead.is_null() {
-        (0..n).into_par_iter().with_max_len(1).for_each(|i| task(i));
+        (0..n).into_par_iter().with_max_len(1).for_each(&task);
         return;
     }
     // SAFETY: `LEADING` is set only while `team` holds the team alive on this thread.
