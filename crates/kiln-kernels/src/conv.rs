@@ -70,8 +70,6 @@ pub struct Conv2d {
     weight: Vec<f32>,
     bias: Vec<f32>,
     act: Activation,
-    /// The weight packed for [`Conv2d::forward_channels_last`], on first use.
-    channels_last: std::sync::OnceLock<crate::Pointwise>,
     /// The weight packed for [`Conv2d::forward_nhwc`], on first use.
     pub(crate) nhwc: std::sync::OnceLock<crate::Pointwise>,
 }
@@ -116,7 +114,6 @@ impl Conv2d {
         Self {
             shape,
             kind,
-            channels_last: std::sync::OnceLock::new(),
             nhwc: std::sync::OnceLock::new(),
             // OIHW is already `[g][cout/g][cin/g · k · k]` row-major and `[c][k·k]` for
             // depthwise: the layouts both kernels want.
@@ -180,58 +177,6 @@ impl Conv2d {
                 self.gemm(x, n, h, w, oh, ow, residual)
             }
         }
-    }
-
-    /// `act(conv(x) + bias)` for `x` `[n, cin, h, w]` contiguous, written channels-last:
-    /// `[n, oh, ow, cout]`. Dense (ungrouped, not depthwise) convolutions only: the input (or its
-    /// im2col matrix) feeds a channels-last [`crate::Pointwise`], so a network can switch to
-    /// channels-last at its stem without a transpose.
-    pub fn forward_channels_last(&self, x: &[f32], n: usize, h: usize, w: usize) -> Vec<f32> {
-        let s = self.shape;
-        assert!(
-            s.groups == 1 && self.kind != KernelKind::Depthwise,
-            "forward_channels_last: dense convolutions only"
-        );
-        assert_eq!(x.len(), n * s.cin * h * w, "input size");
-        let [_, cout, oh, ow] = self.out_dims(n, h, w);
-        let ohw = oh * ow;
-        let kdim = s.cin * s.kernel * s.kernel;
-        let pw = self
-            .channels_last
-            .get_or_init(|| crate::Pointwise::new(&self.weight, &self.bias, kdim, cout, self.act));
-        let mut out: Vec<f32> = Vec::with_capacity(n * ohw * cout);
-        // SAFETY: the pointwise kernel writes every element of every chunk before anything
-        // reads it; f32 has no invalid bit patterns.
-        #[allow(clippy::uninit_vec)]
-        unsafe {
-            out.set_len(n * ohw * cout)
-        };
-        let mut cols = COLS.with(|c| c.take());
-        let threads = crate::current_threads();
-        for (i, o) in out.chunks_mut(ohw * cout).enumerate() {
-            let xi = &x[i * s.cin * h * w..(i + 1) * s.cin * h * w];
-            let b: &[f32] = match self.kind {
-                KernelKind::Pointwise => xi,
-                _ => {
-                    cols.resize(kdim * ohw, 0.0);
-                    im2col(xi, &s, h, w, oh, ow, &mut cols, threads);
-                    &cols
-                }
-            };
-            // Pixel ranges of whole tiles, about two per thread.
-            let per = ohw.div_ceil(threads * 2).next_multiple_of(12);
-            crate::par_chunks_mut(o, per * cout, |t, oc| {
-                pw.run(
-                    &b[t * per..],
-                    crate::Strides::channels_first(ohw),
-                    oc.len() / cout,
-                    None,
-                    oc,
-                )
-            });
-        }
-        COLS.with(|c| c.set(cols));
-        out
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -774,35 +719,6 @@ mod tests {
                     run()
                 }
             });
-        }
-    }
-
-    #[test]
-    fn channels_last_output_matches() {
-        for (s, h, w) in [
-            (shape(3, 32, 3, 2, 1, [1; 4]), 23, 18),
-            (shape(3, 8, 7, 2, 1, [3; 4]), 30, 30),
-            (shape(16, 40, 1, 1, 1, [0; 4]), 9, 7),
-        ] {
-            let n = 2;
-            let x = vals(n * s.cin * h * w, 1);
-            let wt = vals(s.cout * s.cin * s.kernel * s.kernel, 2);
-            let b = vals(s.cout, 3);
-            let conv = Conv2d::new(s, &wt, Some(&b), Activation::Relu6);
-            let [_, c, oh, ow] = conv.out_dims(n, h, w);
-            let want = conv.forward(&x, n, h, w, None);
-            let got = conv.forward_channels_last(&x, n, h, w);
-            for i in 0..n {
-                for ch in 0..c {
-                    for p in 0..oh * ow {
-                        let (g, e) = (
-                            got[(i * oh * ow + p) * c + ch],
-                            want[(i * c + ch) * oh * ow + p],
-                        );
-                        assert!((g - e).abs() < 1e-4, "{s:?} at {i},{ch},{p}: {g} vs {e}");
-                    }
-                }
-            }
         }
     }
 

@@ -9,8 +9,6 @@
 //!   micro-kernel): `6 px × 64 ch` or `12 × 32` output tiles accumulate over the kernel taps and
 //!   input channels straight from the input, the weight packed once per K block that stays in L1;
 //!   bias, residual and ReLU/ReLU6 applied in registers before the single store;
-//! - [`Conv2d::forward_channels_last`]: a network's stem, from NCHW input to NHWC output (im2col
-//!   into the same micro-kernel), so no transpose is needed to switch layouts;
 //! - [`InvertedResidual`]: a whole MobileNetV2 / MBConv block (1×1 expand, depthwise, 1×1
 //!   project, residual) fused over strips of rows, its expanded activations never leaving L2, the
 //!   depthwise kernel vectorised along channels.

@@ -220,14 +220,14 @@ impl ConvBn {
         self.forward_candle(x, residual)
     }
 
-    /// The convolution, bias and activation with a channels-last result, `[n, oh, ow, cout]`:
-    /// straight from kiln's kernels on the CPU in f32 (dense convolutions), else computed
-    /// channels-first and transposed.
+    /// The convolution, bias and activation from channels-first `[n, c, h, w]` to a
+    /// channels-last result, `[n, oh, ow, cout]` (a network's stem): on kiln's channels-last
+    /// kernel where [`ConvBn::runs_nhwc`], else computed channels-first and transposed.
     pub fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(k) = &self.packed {
-            if x.device().is_cpu() && x.dtype() == DType::F32 && self.geom.groups == 1 {
-                return x.contiguous()?.apply_op1_no_bwd(&ChannelsLastConv(k));
-            }
+        if self.runs_nhwc(x) {
+            // The input is small (three channels at a stem): transposing it is cheaper than
+            // gathering an im2col matrix.
+            return self.forward_nhwc(&to_channels_last(x)?, None);
         }
         to_channels_last(&self.forward(x)?)
     }
@@ -367,27 +367,6 @@ impl CustomOp1 for PoolOp {
                 Shape::from((n, c)),
             )
         })
-    }
-}
-
-/// [`ConvBn::forward_channels_last`] on kiln's CPU kernels.
-struct ChannelsLastConv<'a>(&'a kiln_kernels::Conv2d);
-
-impl CustomOp1 for ChannelsLastConv<'_> {
-    fn name(&self) -> &'static str {
-        "kiln-conv2d-nhwc"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l.shape().dims4()?;
-        let sh = self.0.shape();
-        if c != sh.cin {
-            candle_core::bail!("conv expects {} input channels, got {c}", sh.cin)
-        }
-        let [_, cout, oh, ow] = self.0.out_dims(n, h, w);
-        let y = self
-            .0
-            .forward_channels_last(contiguous_f32(s, l, "input")?, n, h, w);
-        Ok((CpuStorage::F32(y), Shape::from((n, oh, ow, cout))))
     }
 }
 
