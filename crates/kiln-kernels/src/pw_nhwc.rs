@@ -136,16 +136,12 @@ impl Pointwise {
             // SAFETY: `packed` is only set when AVX-512F was detected; the asserts bound every
             // read and write.
             unsafe {
-                self.run_avx512(
-                    x.as_ptr(),
-                    &[0],
-                    st.channel,
-                    |i| i * st.pixel,
-                    npx,
-                    res.map(|r| r.as_ptr()),
-                    out.as_mut_ptr(),
-                    0..self.tiles(),
-                )
+                let (x, res, out) = (x.as_ptr(), res.map(|r| r.as_ptr()), out.as_mut_ptr());
+                if self.nv == WIDE.1 {
+                    self.run_uniform::<{ WIDE.0 }, { WIDE.1 }>(x, st, npx, res, out)
+                } else {
+                    self.run_uniform::<{ NARROW.0 }, { NARROW.1 }>(x, st, npx, res, out)
+                }
             };
             return;
         }
@@ -212,6 +208,51 @@ impl Pointwise {
             )
         });
         out
+    }
+
+    /// The packed kernel for input pixels at a uniform stride (1×1 convolutions): one base
+    /// pointer and the whole K in one pass — the lightest loop for the small K of
+    /// MobileNetV2's expand convolutions, where per-tile overheads show.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_uniform<const MR: usize, const NV: usize>(
+        &self,
+        x: *const f32,
+        st: Strides,
+        npx: usize,
+        res: Option<*const f32>,
+        out: *mut f32,
+    ) {
+        let nr = 16 * NV;
+        for t in 0..self.tiles() {
+            let n = (self.cout - t * nr).min(nr);
+            let m: [u16; NV] = std::array::from_fn(|v| lane_mask(n.saturating_sub(16 * v)));
+            let panel = self.weight.as_ptr().add(t * self.cin * nr);
+            let bias = self.bias.as_ptr().add(t * nr);
+            let at = |px: usize| {
+                (
+                    x.add(px * st.pixel),
+                    res.map(|r| r.add(px * self.cout + t * nr)),
+                    out.add(px * self.cout + t * nr),
+                )
+            };
+            let mut px = 0;
+            while px + MR <= npx {
+                let (xp, rp, op) = at(px);
+                tile_uniform::<MR, NV>(self, panel, bias, xp, st, rp, op, m);
+                px += MR;
+            }
+            let (xp, rp, op) = at(px);
+            macro_rules! rest {
+                ($($r:literal)*) => {
+                    match npx - px {
+                        $($r if $r < MR => tile_uniform::<$r, NV>(self, panel, bias, xp, st, rp, op, m),)*
+                        _ => {}
+                    }
+                };
+            }
+            rest!(1 2 3 4 5 6 7 8 9 10 11);
+        }
     }
 
     /// The packed kernel over `npx` output pixels: pixel `i` reads its input at
@@ -315,6 +356,72 @@ fn lane_mask(n: usize) -> u16 {
     }
 }
 
+/// `R` pixels × one tile of `16·NV` channels, input pixels at a uniform stride: pixel `r`,
+/// channel `ci` at `x[ci·channel + r·pixel]`; the whole K, bias / residual / activation in
+/// registers.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_uniform<const R: usize, const NV: usize>(
+    pw: &Pointwise,
+    panel: *const f32,
+    bias: *const f32,
+    x: *const f32,
+    st: Strides,
+    res: Option<*const f32>,
+    out: *mut f32,
+    m: [u16; NV],
+) {
+    use std::arch::x86_64::*;
+    let b: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(bias.add(16 * v)));
+    let mut acc = [b; R];
+    for ci in 0..pw.cin {
+        let w: [__m512; NV] =
+            std::array::from_fn(|v| _mm512_loadu_ps(panel.add(ci * 16 * NV + 16 * v)));
+        let xr = x.add(ci * st.channel);
+        for (r, a) in acc.iter_mut().enumerate() {
+            let xv = _mm512_set1_ps(*xr.add(r * st.pixel));
+            for v in 0..NV {
+                a[v] = _mm512_fmadd_ps(xv, w[v], a[v]);
+            }
+        }
+    }
+    store_tile(pw, &mut acc, res, out, m, true);
+}
+
+/// Adds the residual, applies the activation (when `last`) and stores `R` rows of a tile.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_tile<const R: usize, const NV: usize>(
+    pw: &Pointwise,
+    acc: &mut [[std::arch::x86_64::__m512; NV]; R],
+    res: Option<*const f32>,
+    out: *mut f32,
+    m: [u16; NV],
+    last: bool,
+) {
+    use std::arch::x86_64::*;
+    let (lo, hi) = pw.act.bounds();
+    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    for (r, a) in acc.iter_mut().enumerate() {
+        let o = out.add(r * pw.cout);
+        for v in 0..NV {
+            if m[v] == 0 {
+                break;
+            }
+            let mut y = a[v];
+            if last {
+                if let Some(rp) = res {
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m[v], rp.add(r * pw.cout + 16 * v)));
+                }
+                y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
+            }
+            _mm512_mask_storeu_ps(o.add(16 * v), m[v], y);
+        }
+    }
+}
+
 /// `R` pixels × one 32-channel tile. The reduction runs over `taps` (offsets added to each
 /// pixel's input pointer `xs[r]`, for the kernel positions of a k×k convolution; `[0]` for 1×1)
 /// and, within each, the input channels: weight row `t·cin_tap + ci` meets
@@ -365,24 +472,7 @@ unsafe fn tile<const R: usize, const NV: usize>(
         }
         k = t * cin_tap + c1;
     }
-    let (lo, hi) = pw.act.bounds();
-    let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    for (r, a) in acc.iter_mut().enumerate() {
-        let o = out.add(r * pw.cout);
-        for v in 0..NV {
-            if m[v] == 0 {
-                break;
-            }
-            let mut y = a[v];
-            if last {
-                if let Some(rp) = res {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m[v], rp.add(r * pw.cout + 16 * v)));
-                }
-                y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
-            }
-            _mm512_mask_storeu_ps(o.add(16 * v), m[v], y);
-        }
-    }
+    store_tile(pw, &mut acc, res, out, m, last);
 }
 
 #[cfg(test)]
