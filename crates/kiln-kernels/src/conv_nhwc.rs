@@ -4,11 +4,19 @@
 //! `[tile][ky][kx][cin][32]`. No im2col matrix, no per-call packing, bias / residual /
 //! activation in registers: the CPU path of ResNet.
 
+use std::cell::Cell;
+
 use crate::conv::{Conv2d, KernelKind};
 use crate::pw_nhwc::Pointwise;
 
 /// Packed weight bytes a task keeps hot while it walks its rows.
 const GROUP_BYTES: usize = 512 * 1024;
+
+thread_local! {
+    /// The zero-bordered input copy and its `(hp, wp, cin, top, left)`.
+    static PADDED: Cell<(Vec<f32>, (usize, usize, usize, usize, usize))> =
+        const { Cell::new((Vec::new(), (0, 0, 0, 0, 0))) };
+}
 
 struct SendPtr(*mut f32);
 // SAFETY: tasks write disjoint (channel tile, row) blocks of the output.
@@ -55,10 +63,13 @@ impl Conv2d {
         unsafe {
             out.set_len(n * img_out)
         };
-        let mut padded = Vec::new();
+        // A zero-bordered copy of the input, reused on this thread: when the geometry repeats
+        // (every block of a stage), its border is still zero and only the interior is copied.
+        let (mut padded, mut geom) = PADDED.with(|c| c.take());
+        let want = (hp, wp, cin, t, l);
         let taps: Vec<usize> = (0..k * k).map(|i| ((i / k) * wp + i % k) * cin).collect();
         let tiles = pw.tiles();
-        let per_group = (GROUP_BYTES / (k * k * cin * 32 * 4)).clamp(1, tiles);
+        let per_group = (GROUP_BYTES / (k * k * cin * pw.tile_channels() * 4)).clamp(1, tiles);
         let groups = tiles.div_ceil(per_group);
         let threads = crate::current_threads();
         let px_parts = if threads > 1 {
@@ -71,8 +82,11 @@ impl Conv2d {
             let src: &[f32] = if [t, b, l, r] == [0; 4] {
                 xi
             } else {
-                padded.clear();
-                padded.resize(hp * wp * cin, 0.0);
+                if geom != want {
+                    padded.clear();
+                    padded.resize(hp * wp * cin, 0.0);
+                    geom = want;
+                }
                 for y in 0..h {
                     let d = ((y + t) * wp + l) * cin;
                     padded[d..d + w * cin].copy_from_slice(&xi[y * w * cin..(y + 1) * w * cin]);
@@ -109,6 +123,7 @@ impl Conv2d {
                 };
             });
         }
+        PADDED.with(|c| c.set((padded, geom)));
         out
     }
 

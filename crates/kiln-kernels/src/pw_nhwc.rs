@@ -172,6 +172,11 @@ impl Pointwise {
         self.cout.div_ceil(16 * self.nv)
     }
 
+    /// Output channels per micro-tile.
+    pub(crate) fn tile_channels(&self) -> usize {
+        16 * self.nv
+    }
+
     /// Pixels per micro-tile.
     pub(crate) fn tile_pixels(&self) -> usize {
         if self.nv == WIDE.1 {
