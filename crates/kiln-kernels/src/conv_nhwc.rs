@@ -12,10 +12,12 @@ use crate::pw_nhwc::Pointwise;
 /// Packed weight bytes a task keeps hot while it walks its rows.
 const GROUP_BYTES: usize = 512 * 1024;
 
+/// A padded copy's `(hp, wp, cin, top, left)`.
+type PadGeom = (usize, usize, usize, usize, usize);
+
 thread_local! {
-    /// The zero-bordered input copy and its `(hp, wp, cin, top, left)`.
-    static PADDED: Cell<(Vec<f32>, (usize, usize, usize, usize, usize))> =
-        const { Cell::new((Vec::new(), (0, 0, 0, 0, 0))) };
+    /// The zero-bordered input copy and its geometry.
+    static PADDED: Cell<(Vec<f32>, PadGeom)> = const { Cell::new((Vec::new(), (0, 0, 0, 0, 0))) };
 }
 
 struct SendPtr(*mut f32);
