@@ -12,12 +12,12 @@ use crate::pw_nhwc::Pointwise;
 /// Packed weight bytes a task keeps hot while it walks its rows.
 const GROUP_BYTES: usize = 512 * 1024;
 
-/// A padded copy's `(hp, wp, cin, top, left)`.
-type PadGeom = (usize, usize, usize, usize, usize);
+/// A padded copy's `(n, hp, wp, cin, top, left)`.
+type PadGeom = (usize, usize, usize, usize, usize, usize);
 
 thread_local! {
     /// The zero-bordered input copy and its geometry.
-    static PADDED: Cell<(Vec<f32>, PadGeom)> = const { Cell::new((Vec::new(), (0, 0, 0, 0, 0))) };
+    static PADDED: Cell<(Vec<f32>, PadGeom)> = const { Cell::new((Vec::new(), (0, 0, 0, 0, 0, 0))) };
 }
 
 struct SendPtr(*mut f32);
@@ -68,7 +68,34 @@ impl Conv2d {
         // A zero-bordered copy of the input, reused on this thread: when the geometry repeats
         // (every block of a stage), its border is still zero and only the interior is copied.
         let (mut padded, mut geom) = PADDED.with(|c| c.take());
-        let want = (hp, wp, cin, t, l);
+        let want = (n, hp, wp, cin, t, l);
+        let src: &[f32] = if [t, b, l, r] == [0; 4] {
+            x
+        } else {
+            if geom != want {
+                padded.clear();
+                padded.resize(n * hp * wp * cin, 0.0);
+                geom = want;
+            }
+            for i in 0..n {
+                for y in 0..h {
+                    let d = ((i * hp + y + t) * wp + l) * cin;
+                    let sy = (i * h + y) * w * cin;
+                    padded[d..d + w * cin].copy_from_slice(&x[sy..sy + w * cin]);
+                }
+            }
+            &padded
+        };
+        // Every output pixel of every image is one row of the implicit GEMM: the images of a
+        // batch share each weight block while it is in L1, and small maps (7×7) fill whole
+        // micro-tiles. Each pixel's input offset comes from a table (no division per tile).
+        let npx = n * oh * ow;
+        let offsets: Vec<usize> = (0..npx)
+            .map(|p| {
+                let (i, q) = (p / (oh * ow), p % (oh * ow));
+                ((i * hp + (q / ow) * s.stride) * wp + (q % ow) * s.stride) * cin
+            })
+            .collect();
         let taps: Vec<usize> = (0..k * k).map(|i| ((i / k) * wp + i % k) * cin).collect();
         let tiles = pw.tiles();
         let per_group = (GROUP_BYTES / (k * k * cin * pw.tile_channels() * 4)).clamp(1, tiles);
@@ -79,52 +106,31 @@ impl Conv2d {
         } else {
             1
         };
-        for i in 0..n {
-            let xi = &x[i * h * w * cin..(i + 1) * h * w * cin];
-            let src: &[f32] = if [t, b, l, r] == [0; 4] {
-                xi
-            } else {
-                if geom != want {
-                    padded.clear();
-                    padded.resize(hp * wp * cin, 0.0);
-                    geom = want;
-                }
-                for y in 0..h {
-                    let d = ((y + t) * wp + l) * cin;
-                    padded[d..d + w * cin].copy_from_slice(&xi[y * w * cin..(y + 1) * w * cin]);
-                }
-                &padded
+        let per = npx.div_ceil(px_parts).next_multiple_of(pw.tile_pixels());
+        let parts = npx.div_ceil(per);
+        let o = SendPtr(out.as_mut_ptr());
+        crate::par_for(groups * parts, |task| {
+            let o = &o;
+            let (g, q) = (task / parts, task % parts);
+            let tiles = g * per_group..((g + 1) * per_group).min(tiles);
+            let (p0, p1) = (q * per, ((q + 1) * per).min(npx));
+            let offs = &offsets[p0..p1];
+            // SAFETY: AVX-512F is available (`is_packed`); every tap of every pixel lies in the
+            // (padded) input, whose size follows from the output size; this task alone writes
+            // channel tiles `tiles` of pixels p0..p1.
+            unsafe {
+                pw.run_avx512(
+                    src.as_ptr(),
+                    &taps,
+                    1,
+                    |i| offs[i],
+                    p1 - p0,
+                    res.map(|r| r[p0 * cout..].as_ptr()),
+                    o.0.add(p0 * cout),
+                    tiles,
+                )
             };
-            let ri = res.map(|r| &r[i * img_out..(i + 1) * img_out]);
-            let o = SendPtr(out[i * img_out..].as_mut_ptr());
-            // Pixel ranges of whole micro-tiles over the flattened output (a tile may span two
-            // rows: each pixel carries its own input offset).
-            let npx = oh * ow;
-            let per = npx.div_ceil(px_parts).next_multiple_of(pw.tile_pixels());
-            let parts = npx.div_ceil(per);
-            let pixel_at = |p: usize| ((p / ow) * s.stride * wp + (p % ow) * s.stride) * cin;
-            crate::par_for(groups * parts, |task| {
-                let o = &o;
-                let (g, q) = (task / parts, task % parts);
-                let tiles = g * per_group..((g + 1) * per_group).min(tiles);
-                let (p0, p1) = (q * per, ((q + 1) * per).min(npx));
-                // SAFETY: AVX-512F is available (`is_packed`); every tap of every pixel lies in
-                // the padded input (its size follows from the output size); this task alone
-                // writes channel tiles `tiles` of pixels p0..p1.
-                unsafe {
-                    pw.run_avx512(
-                        src.as_ptr(),
-                        &taps,
-                        1,
-                        |i| pixel_at(p0 + i),
-                        p1 - p0,
-                        ri.map(|r| r[p0 * cout..].as_ptr()),
-                        o.0.add(p0 * cout),
-                        tiles,
-                    )
-                };
-            });
-        }
+        });
         PADDED.with(|c| c.set((padded, geom)));
         out
     }
