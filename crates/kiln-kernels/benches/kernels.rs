@@ -1,10 +1,13 @@
 //! Benchmarks of the hot kernels at the shapes MobileNetV2 and ResNet-50 run them with (batch 1,
-//! 224×224 input). `cargo bench -p kiln-kernels --bench kernels`; set `RAYON_NUM_THREADS` to fix
+//! 224×224 input): the channels-first reference kernels (`conv2d/*`), the channels-last
+//! convolutions the models run on the CPU (`conv2d_nhwc/*`) and MobileNetV2's fused blocks
+//! (`block/*`). Throughput is in multiply-adds. `cargo bench -p kiln-kernels --bench kernels`; set `RAYON_NUM_THREADS` to fix
 //! the thread count.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kiln_kernels::{Activation, Conv2d, ConvShape};
+use kiln_kernels::{Activation, Conv2d, ConvShape, DwPadding, InvertedResidual};
 use std::hint::black_box;
+use std::sync::Arc;
 
 fn vals(len: usize) -> Vec<f32> {
     (0..len)
@@ -59,7 +62,79 @@ fn convs(c: &mut Criterion) {
         });
     }
     g.finish();
+    // The dense ones again, channels-last (the layout the models run on the CPU).
+    let mut g = c.benchmark_group("conv2d_nhwc");
+    for &(name, cin, cout, kernel, stride, groups, pad, hw) in CASES {
+        if groups != 1 {
+            continue;
+        }
+        let shape = ConvShape {
+            cin,
+            cout,
+            kernel,
+            stride,
+            groups,
+            pad,
+        };
+        let conv = Conv2d::new(
+            shape,
+            &vals(cout * cin * kernel * kernel),
+            Some(&vals(cout)),
+            Activation::Relu,
+        );
+        let x = vals(cin * hw * hw);
+        let [_, _, oh, ow] = conv.out_dims(1, hw, hw);
+        g.throughput(Throughput::Elements(
+            (cout * oh * ow * cin * kernel * kernel) as u64,
+        ));
+        g.bench_function(name, |bch| {
+            bch.iter(|| black_box(conv.forward_nhwc(black_box(&x), 1, hw, hw, None)))
+        });
+    }
+    g.finish();
 }
 
-criterion_group!(benches, convs);
+/// MobileNetV2's fused inverted residuals: (name, cin, expansion, cout, stride, input h = w).
+const BLOCKS: &[(&str, usize, usize, usize, usize, usize)] = &[
+    ("mbv2_16x6to24_s2_112", 16, 6, 24, 2, 112),
+    ("mbv2_24x6to24_s1_56", 24, 6, 24, 1, 56),
+    ("mbv2_64x6to64_s1_14", 64, 6, 64, 1, 14),
+    ("mbv2_160x6to160_s1_7", 160, 6, 160, 1, 7),
+];
+
+fn blocks(c: &mut Criterion) {
+    let mut g = c.benchmark_group("block");
+    let conv = |cin: usize, cout: usize, k: usize, s: usize, groups: usize, act| {
+        let shape = ConvShape {
+            cin,
+            cout,
+            kernel: k,
+            stride: s,
+            groups,
+            pad: [(k - 1) / 2; 4],
+        };
+        let w = vals(cout * (cin / groups) * k * k);
+        Arc::new(Conv2d::new(shape, &w, Some(&vals(cout)), act))
+    };
+    for &(name, cin, t, cout, s, hw) in BLOCKS {
+        let hid = cin * t;
+        let block = InvertedResidual::new(
+            Some(conv(cin, hid, 1, 1, 1, Activation::Relu6)),
+            conv(hid, hid, 3, s, hid, Activation::Relu6),
+            conv(hid, cout, 1, 1, 1, Activation::None),
+            s == 1 && cin == cout,
+            DwPadding::Fixed,
+        );
+        let x = vals(cin * hw * hw);
+        let (oh, ow) = block.out_hw(hw, hw);
+        let macs = hw * hw * cin * hid + oh * ow * hid * (9 + cout);
+        g.throughput(Throughput::Elements(macs as u64));
+        g.bench_function(name, |bch| {
+            bch.iter(|| black_box(block.forward(black_box(&x), 1, hw, hw)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, convs, blocks);
 criterion_main!(benches);
