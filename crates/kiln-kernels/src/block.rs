@@ -368,19 +368,8 @@ pub fn tf_same(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{max_diff, vals};
     use crate::{Activation, ConvShape};
-
-    fn vals(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     fn conv(cin: usize, cout: usize, k: usize, s: usize, g: usize, pad: [usize; 4]) -> Conv2d {
         let shape = ConvShape {
@@ -461,14 +450,7 @@ mod tests {
                         .unwrap();
                     let got =
                         pool.install(|| forward_with_strip(&block, &x_cl, n, h, w, strip_bytes));
-                    let diff =
-                        got.iter()
-                            .zip(&want)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(
-                                0f32,
-                                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                            );
+                    let diff = max_diff(&got, &want);
                     assert!(
                         diff < 1e-4,
                         "{cin}x{t}->{cout} k{k} s{s} tf={tf} {h}x{w}, {threads} threads, \

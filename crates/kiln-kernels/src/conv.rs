@@ -488,6 +488,7 @@ fn im2col(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::vals;
 
     /// Direct reference convolution in f64.
     #[allow(clippy::too_many_arguments)]
@@ -538,18 +539,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn vals(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
     }
 
     fn check(

@@ -198,19 +198,8 @@ pub fn avg_pool_nhwc(x: &[f32], n: usize, hw: usize, c: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{max_diff, vals};
     use crate::{Activation, ConvShape};
-
-    fn vals(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Against the channels-first kernels, on ResNet's shapes (7×7/2 stem, 3×3 stride 1 and 2,
     /// 1×1 stride 1 and 2, residual), ragged channel and pixel counts, 1 to 3 threads.
@@ -254,14 +243,7 @@ mod tests {
                     .build()
                     .unwrap();
                 let got = pool.install(|| conv.forward_nhwc(&x_cl, n, h, w, res_cl.as_deref()));
-                let diff = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(
-                        0f32,
-                        |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                    );
+                let diff = max_diff(&got, &want);
                 assert!(
                     diff < 1e-4,
                     "{s:?} {h}x{w} {threads} threads: max diff {diff}"

@@ -232,18 +232,7 @@ unsafe fn avx512<const K: usize, const S: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vals(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_util::{max_diff, vals};
 
     /// The vector kernels against the plain loop, on every size and padding class: channel
     /// counts that are and are not multiples of 16, odd widths, top and left padding, rows
@@ -278,14 +267,7 @@ mod tests {
                 generic(&p, &x, &wt, &b, Activation::Relu6, &mut want);
                 let mut got = vec![f32::NAN; oh * ow * c];
                 strip(&p, &x, &wt, &b, Activation::Relu6, &mut got);
-                let diff = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(
-                        0f32,
-                        |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-                    );
+                let diff = max_diff(&got, &want);
                 assert!(diff < 1e-5, "k{k} s{s} c{c} {h}x{w}: max diff {diff}");
             }
         }

@@ -50,6 +50,35 @@ pub use pw_nhwc::{Pointwise, Strides};
 pub use team::{par_chunks_mut, par_for, team};
 pub use transpose::{nchw_to_nhwc, nhwc_to_nchw};
 
+/// Helpers shared by the kernels' unit tests.
+#[cfg(test)]
+mod test_util {
+    /// Deterministic values in [-1, 1] (xorshift), different per seed.
+    pub fn vals(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Largest |a - b|; infinite if either side has a NaN (an element never written).
+    pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len(), "max_diff: lengths");
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(
+                0f32,
+                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+            )
+    }
+}
+
 thread_local! {
     static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

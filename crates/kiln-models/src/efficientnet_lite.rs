@@ -148,41 +148,6 @@ fn tf_geom(g: ConvGeom) -> ConvGeom {
     ConvGeom { pad, ..g }
 }
 
-/// A convolution with TensorFlow "SAME" padding. Stride 1 pads `(k - 1) / 2` on every side
-/// whatever the input (odd kernels), so it is left to the convolution; stride 2 pads from the
-/// input's size at each call, unevenly when the total is odd.
-struct SameConv {
-    conv: ConvBn,
-    kernel: usize,
-    stride: usize,
-}
-
-impl SameConv {
-    /// `geom.pad` is ignored: it is TensorFlow's, not the caller's, to choose.
-    fn load(conv: VarBuilder, bn: VarBuilder, geom: ConvGeom, act: Act) -> Result<Self> {
-        let (kernel, stride) = (geom.kernel, geom.stride);
-        Ok(Self {
-            conv: ConvBn::load(conv, bn, tf_geom(geom), BN_EPS, act)?,
-            kernel,
-            stride,
-        })
-    }
-
-    fn padded(&self, x: &Tensor) -> Result<Tensor> {
-        if self.stride == 1 {
-            return Ok(x.clone());
-        }
-        let (_, _, h, w) = x.dims4()?;
-        let (t, b) = same_padding(h, self.kernel, self.stride);
-        let (l, r) = same_padding(w, self.kernel, self.stride);
-        x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(&self.padded(x)?)
-    }
-}
-
 /// The mobile inverted bottleneck (MBConv) without squeeze-excite, TensorFlow-padded.
 fn mbconv(
     vb: VarBuilder,
@@ -230,7 +195,6 @@ fn mbconv(
 
 /// A loaded EfficientNet-Lite, inference only.
 pub struct EfficientNetLite {
-    stem: SameConv,
     trunk: MobileTrunk,
     classifier: Linear,
 }
@@ -238,10 +202,11 @@ pub struct EfficientNetLite {
 impl EfficientNetLite {
     /// Builds the variant `cfg` from weights under `vb`.
     pub fn load(vb: VarBuilder, cfg: EfficientNetLiteConfig) -> Result<Self> {
-        let stem = SameConv::load(
+        let stem = ConvBn::load(
             vb.pp("_conv_stem"),
             vb.pp("_bn0"),
-            geom(3, STEM, 3, 2, 1),
+            tf_geom(geom(3, STEM, 3, 2, 1)),
+            BN_EPS,
             Act::Relu6,
         )?;
         let b = vb.pp("_blocks");
@@ -262,8 +227,7 @@ impl EfficientNetLite {
         // _dropout sits between the pooling and _fc: the identity at inference.
         let classifier = Linear::load(vb.pp("_fc"), HEAD)?;
         Ok(Self {
-            stem,
-            trunk: MobileTrunk::new(blocks, head)?,
+            trunk: MobileTrunk::new(stem, true, blocks, head)?,
             classifier,
         })
     }
@@ -271,15 +235,7 @@ impl EfficientNetLite {
 
 impl ImageModel for EfficientNetLite {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let features = if self.trunk.runs_channels_last(x) {
-            let stem = self
-                .stem
-                .conv
-                .forward_channels_last(&self.stem.padded(x)?)?;
-            self.trunk.forward_channels_last(&stem)?
-        } else {
-            self.trunk.forward(&self.stem.forward(x)?)?
-        };
+        let features = self.trunk.forward(x)?;
         self.classifier.forward(&features)
     }
 

@@ -209,7 +209,10 @@ impl ConvBn {
     pub fn forward_with_residual(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         if let Some(k) = &self.packed {
             if x.device().is_cpu() && x.dtype() == DType::F32 {
-                let op = KernelConv(k);
+                let op = KernelConv {
+                    conv: k,
+                    channels_last: false,
+                };
                 let x = x.contiguous()?;
                 return match residual {
                     None => x.apply_op1_no_bwd(&op),
@@ -247,7 +250,10 @@ impl ConvBn {
         let Some(k) = self.packed.as_deref().filter(|_| self.runs_nhwc(x)) else {
             candle_core::bail!("channels-last convolutions run on the CPU in f32, ungrouped")
         };
-        let op = NhwcConv(k);
+        let op = KernelConv {
+            conv: k,
+            channels_last: true,
+        };
         let x = x.contiguous()?;
         match residual {
             None => x.apply_op1_no_bwd(&op),
@@ -272,66 +278,6 @@ impl ConvBn {
             None => y,
         };
         self.act.apply(&y)
-    }
-}
-
-/// [`ConvBn::forward_nhwc`] as a candle custom op (input, and the residual as second operand).
-struct NhwcConv<'a>(&'a kiln_kernels::Conv2d);
-
-impl NhwcConv<'_> {
-    fn run(
-        &self,
-        x: &CpuStorage,
-        xl: &Layout,
-        res: Option<(&CpuStorage, &Layout)>,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (n, h, w, c) = xl.shape().dims4()?;
-        let s = self.0.shape();
-        if c != s.cin {
-            candle_core::bail!("conv expects {} input channels, got {c}", s.cin)
-        }
-        let (oh, ow) = s.out_hw(h, w);
-        let dims = [n, oh, ow, s.cout];
-        let rs = match res {
-            Some((r, rl)) => {
-                if rl.dims() != dims {
-                    candle_core::bail!(
-                        "residual {:?} does not match the conv output {dims:?}",
-                        rl.dims()
-                    )
-                }
-                Some(contiguous_f32(r, rl, "residual")?)
-            }
-            None => None,
-        };
-        let y = self
-            .0
-            .forward_nhwc(contiguous_f32(x, xl, "input")?, n, h, w, rs);
-        Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
-    }
-}
-
-impl CustomOp1 for NhwcConv<'_> {
-    fn name(&self) -> &'static str {
-        "kiln-conv2d-nhwc-in"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.run(s, l, None)
-    }
-}
-
-impl CustomOp2 for NhwcConv<'_> {
-    fn name(&self) -> &'static str {
-        "kiln-conv2d-nhwc-in-residual"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run(s1, l1, Some((s2, l2)))
     }
 }
 
@@ -371,8 +317,11 @@ impl CustomOp1 for PoolOp {
 }
 
 /// [`ConvBn`] on kiln's CPU kernels, as a candle custom op (input, and the residual as second
-/// operand).
-struct KernelConv<'a>(&'a kiln_kernels::Conv2d);
+/// operand), on channels-first (`[n, c, h, w]`) or channels-last (`[n, h, w, c]`) tensors.
+struct KernelConv<'a> {
+    conv: &'a kiln_kernels::Conv2d,
+    channels_last: bool,
+}
 
 impl KernelConv<'_> {
     fn run(
@@ -381,18 +330,25 @@ impl KernelConv<'_> {
         xl: &Layout,
         res: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = xl.shape().dims4()?;
-        let s = self.0.shape();
+        let (n, c, h, w) = match xl.shape().dims4()? {
+            (n, h, w, c) if self.channels_last => (n, c, h, w),
+            dims => dims,
+        };
+        let s = self.conv.shape();
         if c != s.cin {
             candle_core::bail!("conv expects {} input channels, got {c}", s.cin)
         }
-        let out_dims = self.0.out_dims(n, h, w);
-        let xs = contiguous_f32(x, xl, "input")?;
+        let [_, cout, oh, ow] = self.conv.out_dims(n, h, w);
+        let dims = if self.channels_last {
+            [n, oh, ow, cout]
+        } else {
+            [n, cout, oh, ow]
+        };
         let rs = match res {
             Some((r, rl)) => {
-                if rl.dims() != out_dims {
+                if rl.dims() != dims {
                     candle_core::bail!(
-                        "residual {:?} does not match the conv output {out_dims:?}",
+                        "residual {:?} does not match the conv output {dims:?}",
                         rl.dims()
                     )
                 }
@@ -400,8 +356,13 @@ impl KernelConv<'_> {
             }
             None => None,
         };
-        let y = self.0.forward(xs, n, h, w, rs);
-        Ok((CpuStorage::F32(y), Shape::from(out_dims.to_vec())))
+        let xs = contiguous_f32(x, xl, "input")?;
+        let y = if self.channels_last {
+            self.conv.forward_nhwc(xs, n, h, w, rs)
+        } else {
+            self.conv.forward(xs, n, h, w, rs)
+        };
+        Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
     }
 }
 
@@ -416,7 +377,11 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
 
 impl CustomOp1 for KernelConv<'_> {
     fn name(&self) -> &'static str {
-        "kiln-conv2d"
+        if self.channels_last {
+            "kiln-conv2d-nhwc"
+        } else {
+            "kiln-conv2d"
+        }
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         self.run(s, l, None)
@@ -425,7 +390,11 @@ impl CustomOp1 for KernelConv<'_> {
 
 impl CustomOp2 for KernelConv<'_> {
     fn name(&self) -> &'static str {
-        "kiln-conv2d-residual"
+        if self.channels_last {
+            "kiln-conv2d-nhwc-residual"
+        } else {
+            "kiln-conv2d-residual"
+        }
     }
     fn cpu_fwd(
         &self,
@@ -625,27 +594,38 @@ impl CustomOp1 for Relayout {
     }
 }
 
-/// What MobileNetV2 and EfficientNet-Lite run after their stem: inverted residual blocks, a 1×1
-/// head convolution, and global average pooling.
+/// The body MobileNetV2 and EfficientNet-Lite share: a stem convolution, inverted residual
+/// blocks, a 1×1 head convolution, and global average pooling.
 ///
-/// On the CPU in f32 the whole trunk stays channels-last: one transpose after the stem, the
-/// fused blocks, the head as a channels-last 1×1 kernel, and pooling over pixels.
+/// On the CPU in f32 it runs channels-last from the stem to the pooling: the stem's 3-channel
+/// input is transposed once, the fused blocks and the head (a channels-last 1×1 kernel that
+/// also pools) never change layout. Elsewhere it runs layer by layer in NCHW on candle's ops.
 #[derive(Debug, Clone)]
 pub struct MobileTrunk {
+    stem: ConvBn,
+    stem_tf_same: bool,
     blocks: Vec<InvertedResidual>,
     head: ConvBn,
     head_cl: Option<Arc<kiln_kernels::Pointwise>>,
 }
 
 impl MobileTrunk {
-    /// `head` must be a 1×1, stride-1, ungrouped convolution.
-    pub fn new(blocks: Vec<InvertedResidual>, head: ConvBn) -> Result<Self> {
+    /// `stem_tf_same`: the stem pads as TensorFlow's "SAME" (EfficientNet-Lite): its geometry
+    /// carries the stride-1 padding, or none at stride 2, where the padding is computed from the
+    /// input at each call. `head` must be a 1×1, stride-1, ungrouped convolution.
+    pub fn new(
+        stem: ConvBn,
+        stem_tf_same: bool,
+        blocks: Vec<InvertedResidual>,
+        head: ConvBn,
+    ) -> Result<Self> {
         let g = head.geom();
         if g.kernel != 1 || g.stride != 1 || g.groups != 1 || g.pad != [0; 4] {
             candle_core::bail!("the trunk's head must be a plain 1×1 convolution, got {g:?}")
         }
-        let head_cl = match (&head.packed, blocks.iter().all(|b| b.has_fused())) {
-            (Some(_), true) => {
+        let fused = stem.packed.is_some() && blocks.iter().all(|b| b.has_fused());
+        let head_cl = match &head.packed {
+            Some(_) if fused => {
                 let w = head.weight.flatten_all()?.to_vec1::<f32>()?;
                 let b = head.bias.to_vec1::<f32>()?;
                 Some(Arc::new(kiln_kernels::Pointwise::new(
@@ -659,45 +639,43 @@ impl MobileTrunk {
             _ => None,
         };
         Ok(Self {
+            stem,
+            stem_tf_same,
             blocks,
             head,
             head_cl,
         })
     }
 
-    /// Whether [`MobileTrunk::forward_channels_last`] runs for `x`: CPU, f32, every block fused.
-    pub fn runs_channels_last(&self, x: &Tensor) -> bool {
-        self.head_cl.is_some() && x.device().is_cpu() && x.dtype() == DType::F32
-    }
-
-    /// `[n, c, h, w]` (the stem's output) → pooled features `[n, head channels]`, layer by
-    /// layer in NCHW: every device and dtype.
+    /// Images `[n, c, h, w]` → pooled features `[n, head channels]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.runs_channels_last(x) {
-            return self.forward_channels_last(&to_channels_last(x)?);
+        let x = self.stem_input(x)?;
+        if let Some(head) = &self.head_cl {
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                let mut h = self.stem.forward_channels_last(&x)?;
+                for b in &self.blocks {
+                    h = b.forward_nhwc(&h)?;
+                }
+                return h.apply_op1_no_bwd(&HeadOp(head));
+            }
         }
-        let mut h = x.clone();
+        let mut h = self.stem.forward(&x)?;
         for b in &self.blocks {
             h = b.forward(&h)?;
         }
         global_avg_pool(&self.head.forward(&h)?)
     }
 
-    /// The stem's output channels-last, `[n, h, w, c]` → pooled features `[n, head channels]`.
-    /// Needs [`MobileTrunk::runs_channels_last`].
-    pub fn forward_channels_last(&self, x: &Tensor) -> Result<Tensor> {
-        let Some(head) = self
-            .head_cl
-            .as_deref()
-            .filter(|_| self.runs_channels_last(x))
-        else {
-            candle_core::bail!("the channels-last trunk runs on the CPU in f32 only")
-        };
-        let mut h = x.clone();
-        for b in &self.blocks {
-            h = b.forward_nhwc(&h)?;
+    /// The input with TensorFlow's stride-2 "SAME" padding applied, where the stem has it.
+    fn stem_input(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.stem.geom();
+        if !self.stem_tf_same || g.stride == 1 {
+            return Ok(x.clone());
         }
-        h.apply_op1_no_bwd(&HeadOp(head))
+        let (_, _, h, w) = x.dims4()?;
+        let (t, b) = tf_same_padding(h, g.kernel, g.stride);
+        let (l, r) = tf_same_padding(w, g.kernel, g.stride);
+        x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)
     }
 }
 

@@ -79,7 +79,6 @@ fn inverted_residual(
 
 /// A loaded MobileNetV2, inference only.
 pub struct MobileNetV2 {
-    stem: ConvBn,
     trunk: MobileTrunk,
     classifier: Linear,
 }
@@ -123,8 +122,7 @@ impl MobileNetV2 {
         // classifier.0 is dropout: the identity at inference.
         let classifier = Linear::load(vb.pp("classifier.1"), last)?;
         Ok(Self {
-            stem,
-            trunk: MobileTrunk::new(blocks, head)?,
+            trunk: MobileTrunk::new(stem, false, blocks, head)?,
             classifier,
         })
     }
@@ -132,12 +130,7 @@ impl MobileNetV2 {
 
 impl ImageModel for MobileNetV2 {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let features = if self.trunk.runs_channels_last(x) {
-            self.trunk
-                .forward_channels_last(&self.stem.forward_channels_last(x)?)?
-        } else {
-            self.trunk.forward(&self.stem.forward(x)?)?
-        };
+        let features = self.trunk.forward(x)?;
         self.classifier.forward(&features)
     }
 
