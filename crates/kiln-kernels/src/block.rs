@@ -19,7 +19,6 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use crate::act::Activation;
 use crate::conv::{Conv2d, KernelKind};
 use crate::dw_nhwc;
 use crate::pw_nhwc::{Pointwise, Strides};
@@ -303,60 +302,6 @@ impl InvertedResidual {
     }
 }
 
-/// `y[px][c] = act(y[px][c] + bias[c] (+ res[px][c]))` over channels-last pixels.
-pub(crate) fn epilogue_channels_last(
-    y: &mut [f32],
-    bias: &[f32],
-    res: Option<&[f32]>,
-    act: Activation,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::depthwise::Isa;
-        match Isa::detect() {
-            // SAFETY: the features were detected on this CPU.
-            Isa::Avx512 => return unsafe { epilogue_cl_avx512(y, bias, res, act) },
-            Isa::Avx2Fma => return unsafe { epilogue_cl_avx2(y, bias, res, act) },
-            Isa::Baseline => {}
-        }
-    }
-    epilogue_cl_body(y, bias, res, act)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn epilogue_cl_avx512(y: &mut [f32], bias: &[f32], res: Option<&[f32]>, act: Activation) {
-    epilogue_cl_body(y, bias, res, act)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn epilogue_cl_avx2(y: &mut [f32], bias: &[f32], res: Option<&[f32]>, act: Activation) {
-    epilogue_cl_body(y, bias, res, act)
-}
-
-#[inline(always)]
-fn epilogue_cl_body(y: &mut [f32], bias: &[f32], res: Option<&[f32]>, act: Activation) {
-    let (lo, hi) = act.bounds();
-    let c = bias.len();
-    match res {
-        Some(r) => {
-            for (px, rp) in y.chunks_exact_mut(c).zip(r.chunks_exact(c)) {
-                for ((v, &b), &rv) in px.iter_mut().zip(bias).zip(rp) {
-                    *v = (*v + b + rv).max(lo).min(hi);
-                }
-            }
-        }
-        None => {
-            for px in y.chunks_exact_mut(c) {
-                for (v, &b) in px.iter_mut().zip(bias) {
-                    *v = (*v + b).max(lo).min(hi);
-                }
-            }
-        }
-    }
-}
-
 /// TensorFlow "SAME" padding along one axis for an input of `input` pixels: `(before, after)`,
 /// the odd pixel after.
 pub fn tf_same(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
@@ -440,8 +385,8 @@ mod tests {
             let d = dw_ref.forward(&e, n, h, w, None);
             let want = project.forward(&d, n, oh, ow, residual.then_some(&x[..]));
             assert_eq!(block.out_hw(h, w), (oh, ow));
-            let x_cl = to_channels_last(&x, n, cin, h * w);
-            let want = to_channels_last(&want, n, cout, oh * ow);
+            let x_cl = crate::nchw_to_nhwc(&x, n, cin, h * w);
+            let want = crate::nchw_to_nhwc(&want, n, cout, oh * ow);
             for threads in 1..=3 {
                 for strip_bytes in [1usize, 4096, usize::MAX] {
                     let pool = rayon::ThreadPoolBuilder::new()
@@ -459,18 +404,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    fn to_channels_last(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
-        let mut y = vec![0f32; x.len()];
-        for i in 0..n {
-            for ch in 0..c {
-                for p in 0..hw {
-                    y[(i * hw + p) * c + ch] = x[(i * c + ch) * hw + p];
-                }
-            }
-        }
-        y
     }
 
     fn forward_with_strip(

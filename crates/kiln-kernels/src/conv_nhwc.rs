@@ -156,13 +156,20 @@ impl Conv2d {
 }
 
 /// 3×3 stride-2 max pooling with 1 pixel of padding (ResNet's), channels-last:
-/// `[n, h, w, c]` → `[n, oh, ow, c]`; padding never wins (as PyTorch's `-inf` padding).
-pub fn max_pool_3x3_s2_nhwc(x: &[f32], n: usize, h: usize, w: usize, c: usize) -> Vec<f32> {
+/// `[n, h, w, c]` → `([n, oh, ow, c], oh, ow)`; padding never wins (as PyTorch's `-inf`
+/// padding).
+pub fn max_pool_3x3_s2_nhwc(
+    x: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+) -> (Vec<f32>, usize, usize) {
     assert_eq!(x.len(), n * h * w * c, "max pool: input size");
     let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
     let mut out = vec![0f32; n * oh * ow * c];
     if c == 0 {
-        return out;
+        return (out, oh, ow);
     }
     crate::par_chunks_mut(&mut out, ow * c, |row, o| {
         let (i, oy) = (row / oh, row % oh);
@@ -178,7 +185,7 @@ pub fn max_pool_3x3_s2_nhwc(x: &[f32], n: usize, h: usize, w: usize, c: usize) -
             }
         }
     });
-    out
+    (out, oh, ow)
 }
 
 /// Global average pooling, channels-last: `[n, hw, c]` → `[n, c]`.
@@ -256,8 +263,8 @@ mod tests {
     fn max_pool_matches_naive() {
         let (n, h, w, c) = (2, 7, 6, 5);
         let x = vals(n * h * w * c, 7);
-        let y = max_pool_3x3_s2_nhwc(&x, n, h, w, c);
-        let (oh, ow) = (4, 3);
+        let (y, oh, ow) = max_pool_3x3_s2_nhwc(&x, n, h, w, c);
+        assert_eq!((oh, ow), (4, 3));
         for i in 0..n {
             for oy in 0..oh {
                 for ox in 0..ow {

@@ -159,7 +159,7 @@ impl Pointwise {
                 (1, self.cout),
             )
         };
-        crate::block::epilogue_channels_last(
+        epilogue_channels_last(
             &mut out[..npx * self.cout],
             &self.bias,
             res.map(|r| &r[..npx * self.cout]),
@@ -346,6 +346,55 @@ impl Pointwise {
                 }
                 rest!(1 2 3 4 5 6 7 8 9 10 11);
                 k0 = ks.end;
+            }
+        }
+    }
+}
+
+/// `y[px][c] = act(y[px][c] + bias[c] (+ res[px][c]))` over channels-last pixels.
+fn epilogue_channels_last(y: &mut [f32], bias: &[f32], res: Option<&[f32]>, act: Activation) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::depthwise::Isa;
+        match Isa::detect() {
+            // SAFETY: the features were detected on this CPU.
+            Isa::Avx512 => return unsafe { epilogue_cl_avx512(y, bias, res, act) },
+            Isa::Avx2Fma => return unsafe { epilogue_cl_avx2(y, bias, res, act) },
+            Isa::Baseline => {}
+        }
+    }
+    epilogue_cl_body(y, bias, res, act)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn epilogue_cl_avx512(y: &mut [f32], bias: &[f32], res: Option<&[f32]>, act: Activation) {
+    epilogue_cl_body(y, bias, res, act)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn epilogue_cl_avx2(y: &mut [f32], bias: &[f32], res: Option<&[f32]>, act: Activation) {
+    epilogue_cl_body(y, bias, res, act)
+}
+
+#[inline(always)]
+fn epilogue_cl_body(y: &mut [f32], bias: &[f32], res: Option<&[f32]>, act: Activation) {
+    let (lo, hi) = act.bounds();
+    let c = bias.len();
+    match res {
+        Some(r) => {
+            for (px, rp) in y.chunks_exact_mut(c).zip(r.chunks_exact(c)) {
+                for ((v, &b), &rv) in px.iter_mut().zip(bias).zip(rp) {
+                    *v = (*v + b + rv).max(lo).min(hi);
+                }
+            }
+        }
+        None => {
+            for px in y.chunks_exact_mut(c) {
+                for (v, &b) in px.iter_mut().zip(bias) {
+                    *v = (*v + b).max(lo).min(hi);
+                }
             }
         }
     }

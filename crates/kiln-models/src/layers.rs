@@ -304,8 +304,7 @@ impl CustomOp1 for PoolOp {
         let (n, h, w, c) = l.shape().dims4()?;
         let x = contiguous_f32(s, l, "input")?;
         Ok(if self.max {
-            let y = kiln_kernels::max_pool_3x3_s2_nhwc(x, n, h, w, c);
-            let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
+            let (y, oh, ow) = kiln_kernels::max_pool_3x3_s2_nhwc(x, n, h, w, c);
             (CpuStorage::F32(y), Shape::from((n, oh, ow, c)))
         } else {
             (
@@ -519,11 +518,8 @@ impl InvertedResidual {
             None => x.clone(),
         };
         let g = self.depthwise.geom();
-        let h = if self.padding == DwPadding::TfSame && g.stride > 1 {
-            let (_, _, hh, ww) = h.dims4()?;
-            let (t, b) = tf_same_padding(hh, g.kernel, g.stride);
-            let (l, r) = tf_same_padding(ww, g.kernel, g.stride);
-            h.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)?
+        let h = if self.padding == DwPadding::TfSame {
+            pad_tf_same(&h, g)?
         } else {
             h
         };
@@ -668,15 +664,25 @@ impl MobileTrunk {
 
     /// The input with TensorFlow's stride-2 "SAME" padding applied, where the stem has it.
     fn stem_input(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.stem.geom();
-        if !self.stem_tf_same || g.stride == 1 {
-            return Ok(x.clone());
+        if self.stem_tf_same {
+            pad_tf_same(x, self.stem.geom())
+        } else {
+            Ok(x.clone())
         }
-        let (_, _, h, w) = x.dims4()?;
-        let (t, b) = tf_same_padding(h, g.kernel, g.stride);
-        let (l, r) = tf_same_padding(w, g.kernel, g.stride);
-        x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)
     }
+}
+
+/// `x` `[n, c, h, w]` zero-padded as TensorFlow's "SAME" for a stride-2 convolution of `g`
+/// (uneven: the odd pixel after), unchanged at stride 1, where the convolution itself carries
+/// the `(k - 1) / 2` padding.
+fn pad_tf_same(x: &Tensor, g: ConvGeom) -> Result<Tensor> {
+    if g.stride == 1 {
+        return Ok(x.clone());
+    }
+    let (_, _, h, w) = x.dims4()?;
+    let (t, b) = tf_same_padding(h, g.kernel, g.stride);
+    let (l, r) = tf_same_padding(w, g.kernel, g.stride);
+    x.pad_with_zeros(2, t, b)?.pad_with_zeros(3, l, r)
 }
 
 /// A channels-last 1×1 convolution and the global average pool after it, as a candle custom
@@ -694,14 +700,7 @@ impl CustomOp1 for HeadOp<'_> {
         }
         let cout = self.0.cout();
         let y = self.0.forward(contiguous_f32(s, l, "input")?, n * h * w);
-        let mut pooled = vec![0f32; n * cout];
-        for (img, p) in y.chunks(h * w * cout).zip(pooled.chunks_mut(cout)) {
-            for px in img.chunks(cout) {
-                p.iter_mut().zip(px).for_each(|(a, &v)| *a += v);
-            }
-            let scale = 1.0 / (h * w) as f32;
-            p.iter_mut().for_each(|a| *a *= scale);
-        }
+        let pooled = kiln_kernels::avg_pool_nhwc(&y, n, h * w, cout);
         Ok((CpuStorage::F32(pooled), Shape::from((n, cout))))
     }
 }
