@@ -7,12 +7,9 @@
 use std::cell::Cell;
 
 use crate::conv::{Conv2d, KernelKind};
-use crate::pw_nhwc::Pointwise;
+use crate::pw_nhwc::{Blocked, KMap, Pointwise, GROUP_BYTES};
 
-/// Packed weight bytes a task keeps hot while it walks its rows.
-const GROUP_BYTES: usize = 512 * 1024;
-
-/// A padded copy's `(n, hp, wp, cin, top, left)`.
+/// A padded copy's `(images, hp, wp, channels, top, left)`.
 type PadGeom = (usize, usize, usize, usize, usize, usize);
 
 thread_local! {
@@ -38,9 +35,43 @@ impl Conv2d {
         res: Option<&[f32]>,
     ) -> Vec<f32> {
         let s = self.shape();
+        self.forward_layout(x, n, h, w, res, s.cin, s.cout)
+    }
+
+    /// As [`Conv2d::forward_nhwc`], on the channel-blocked layout (see
+    /// [`crate::nchw_to_blocked`]): `x` `[cin / bi][n][h][w][bi]`, the residual and the result
+    /// `[cout / bo][n][oh][ow][bo]`, `bi`, `bo` their [`crate::channel_block`]. Each 64-channel
+    /// tile of the output is then one contiguous stream, and each K block of the input a few —
+    /// what the hardware prefetchers follow best on maps larger than the L2.
+    pub fn forward_blocked(
+        &self,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        res: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let s = self.shape();
+        let (bi, bo) = (crate::channel_block(s.cin), crate::channel_block(s.cout));
+        self.forward_layout(x, n, h, w, res, bi, bo)
+    }
+
+    /// Both layouts: channel blocks of `bi` (input) and `bo` (output) channels.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_layout(
+        &self,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        res: Option<&[f32]>,
+        bi: usize,
+        bo: usize,
+    ) -> Vec<f32> {
+        let s = self.shape();
         assert!(
             s.groups == 1 && self.kind() != KernelKind::Depthwise,
-            "forward_nhwc: dense convolutions only"
+            "channels-last convolutions: dense convolutions only"
         );
         assert_eq!(x.len(), n * h * w * s.cin, "input size");
         let (oh, ow) = s.out_hw(h, w);
@@ -51,13 +82,27 @@ impl Conv2d {
         }
         let pw = self.nhwc_packed();
         if !pw.is_packed() {
-            let xc = crate::nhwc_to_nchw(x, n, cin, h * w);
-            let rc = res.map(|r| crate::nhwc_to_nchw(r, n, cout, oh * ow));
+            let to_first = |v: &[f32], c: usize, hw: usize, b: usize| {
+                if b == c {
+                    crate::nhwc_to_nchw(v, n, c, hw)
+                } else {
+                    crate::blocked_to_nchw(v, n, c, hw)
+                }
+            };
+            let xc = to_first(x, cin, h * w, bi);
+            let rc = res.map(|r| to_first(r, cout, oh * ow, bo));
             let y = self.forward(&xc, n, h, w, rc.as_deref());
-            return crate::nchw_to_nhwc(&y, n, cout, oh * ow);
+            return if bo == cout {
+                crate::nchw_to_nhwc(&y, n, cout, oh * ow)
+            } else {
+                crate::nchw_to_blocked(&y, n, cout, oh * ow)
+            };
         }
         let [t, b, l, r] = s.pad;
         let (hp, wp) = (h + t + b, w + l + r);
+        // Every block of channels is a channels-last tensor of its own: `n · blocks` images of
+        // `bi` channels to pad, each block a `plane` apart.
+        let images = n * (cin / bi);
         let mut out: Vec<f32> = Vec::with_capacity(n * img_out);
         // SAFETY: the tasks below write every output element before anything reads it; f32 has
         // no invalid bit patterns.
@@ -68,20 +113,20 @@ impl Conv2d {
         // A zero-bordered copy of the input, reused on this thread: when the geometry repeats
         // (every block of a stage), its border is still zero and only the interior is copied.
         let (mut padded, mut geom) = PADDED.with(|c| c.take());
-        let want = (n, hp, wp, cin, t, l);
+        let want = (images, hp, wp, bi, t, l);
         let src: &[f32] = if [t, b, l, r] == [0; 4] {
             x
         } else {
             if geom != want {
                 padded.clear();
-                padded.resize(n * hp * wp * cin, 0.0);
+                padded.resize(images * hp * wp * bi, 0.0);
                 geom = want;
             }
-            for i in 0..n {
+            for i in 0..images {
                 for y in 0..h {
-                    let d = ((i * hp + y + t) * wp + l) * cin;
-                    let sy = (i * h + y) * w * cin;
-                    padded[d..d + w * cin].copy_from_slice(&x[sy..sy + w * cin]);
+                    let d = ((i * hp + y + t) * wp + l) * bi;
+                    let sy = (i * h + y) * w * bi;
+                    padded[d..d + w * bi].copy_from_slice(&x[sy..sy + w * bi]);
                 }
             }
             &padded
@@ -93,10 +138,19 @@ impl Conv2d {
         let offsets: Vec<usize> = (0..npx)
             .map(|p| {
                 let (i, q) = (p / (oh * ow), p % (oh * ow));
-                ((i * hp + (q / ow) * s.stride) * wp + (q % ow) * s.stride) * cin
+                ((i * hp + (q / ow) * s.stride) * wp + (q % ow) * s.stride) * bi
             })
             .collect();
-        let taps: Vec<usize> = (0..k * k).map(|i| ((i / k) * wp + i % k) * cin).collect();
+        let kmap = KMap {
+            taps: (0..k * k).map(|i| ((i / k) * wp + i % k) * bi).collect(),
+            cin,
+            block: bi,
+            plane: n * hp * wp * bi,
+        };
+        let layout = Blocked {
+            block: bo,
+            plane: npx * bo,
+        };
         let tiles = pw.tiles();
         let per_group = (GROUP_BYTES / (k * k * cin * pw.tile_channels() * 4)).clamp(1, tiles);
         let groups = tiles.div_ceil(per_group);
@@ -117,16 +171,16 @@ impl Conv2d {
             let offs = &offsets[p0..p1];
             // SAFETY: AVX-512F is available (`is_packed`); every tap of every pixel lies in the
             // (padded) input, whose size follows from the output size; this task alone writes
-            // channel tiles `tiles` of pixels p0..p1.
+            // channel tiles `tiles` of pixels p0..p1 (pixel p0 of a block at `p0 · bo`).
             unsafe {
                 pw.run_avx512(
                     src.as_ptr(),
-                    &taps,
-                    1,
+                    &kmap,
                     |i| offs[i],
                     p1 - p0,
-                    res.map(|r| r[p0 * cout..].as_ptr()),
-                    o.0.add(p0 * cout),
+                    res.map(|r| r[p0 * bo..].as_ptr()),
+                    o.0.add(p0 * bo),
+                    layout,
                     tiles,
                 )
             };
@@ -202,6 +256,22 @@ pub fn avg_pool_nhwc(x: &[f32], n: usize, hw: usize, c: usize) -> Vec<f32> {
     out
 }
 
+/// Global average pooling of the channel-blocked layout (see [`crate::nchw_to_blocked`]):
+/// `[c / b][n][hw][b]` → `[n, c]`.
+pub fn avg_pool_blocked(x: &[f32], n: usize, hw: usize, c: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * hw * c, "avg pool: input size");
+    let b = crate::channel_block(c).max(1);
+    // Each block is a channels-last tensor of its own: pooled `[c / b][n][b]`, then reordered.
+    let pooled = avg_pool_nhwc(x, n * (c / b), hw, b);
+    let mut out = vec![0f32; n * c];
+    for (blk, per_block) in pooled.chunks(n * b).enumerate() {
+        for (i, v) in per_block.chunks(b).enumerate() {
+            out[i * c + blk * b..i * c + (blk + 1) * b].copy_from_slice(v);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +290,11 @@ mod tests {
             (32, 48, 1, 2, 0, 9, 8, false),
             (48, 64, 3, 1, 1, 8, 10, true),
             (40, 128, 3, 2, 1, 11, 9, false),
+            // Channel-blocked on both sides (several blocks), and on one side only.
+            (128, 192, 3, 1, 1, 9, 7, true),
+            (192, 128, 1, 2, 0, 10, 9, false),
+            (3, 64, 7, 2, 3, 20, 19, false),
+            (64, 48, 3, 1, 1, 6, 5, true),
         ];
         for (cin, cout, k, st, p, h, w, with_res) in cases {
             let s = ConvShape {
@@ -241,9 +316,16 @@ mod tests {
             let x = vals(n * cin * h * w, 1);
             let res = with_res.then(|| vals(n * cout * oh * ow, 4));
             let want = conv.forward(&x, n, h, w, res.as_deref());
-            let want = crate::nchw_to_nhwc(&want, n, cout, oh * ow);
             let x_cl = crate::nchw_to_nhwc(&x, n, cin, h * w);
-            let res_cl = res.map(|r| crate::nchw_to_nhwc(&r, n, cout, oh * ow));
+            let res_cl = res
+                .as_ref()
+                .map(|r| crate::nchw_to_nhwc(r, n, cout, oh * ow));
+            let x_bl = crate::nchw_to_blocked(&x, n, cin, h * w);
+            let res_bl = res
+                .as_ref()
+                .map(|r| crate::nchw_to_blocked(r, n, cout, oh * ow));
+            let want_bl = crate::nchw_to_blocked(&want, n, cout, oh * ow);
+            let want = crate::nchw_to_nhwc(&want, n, cout, oh * ow);
             for threads in 1..=3 {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -255,6 +337,29 @@ mod tests {
                     diff < 1e-4,
                     "{s:?} {h}x{w} {threads} threads: max diff {diff}"
                 );
+                let got = pool.install(|| conv.forward_blocked(&x_bl, n, h, w, res_bl.as_deref()));
+                let diff = max_diff(&got, &want_bl);
+                assert!(
+                    diff < 1e-4,
+                    "blocked {s:?} {h}x{w} {threads} threads: max diff {diff}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn avg_pool_blocked_matches_channels_first() {
+        for (n, c, hw) in [(2, 128, 5), (3, 40, 4)] {
+            let x = vals(n * c * hw, 9);
+            let got = avg_pool_blocked(&crate::nchw_to_blocked(&x, n, c, hw), n, hw, c);
+            for i in 0..n {
+                for ch in 0..c {
+                    let want: f32 = x[(i * c + ch) * hw..(i * c + ch + 1) * hw]
+                        .iter()
+                        .sum::<f32>()
+                        / hw as f32;
+                    assert!((got[i * c + ch] - want).abs() < 1e-6);
+                }
             }
         }
     }

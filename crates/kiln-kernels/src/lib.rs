@@ -44,11 +44,11 @@ mod transpose;
 pub use act::Activation;
 pub use block::{tf_same as tf_same_padding, DwPadding, InvertedResidual};
 pub use conv::{Conv2d, ConvShape, KernelKind};
-pub use conv_nhwc::{avg_pool_nhwc, max_pool_3x3_s2_nhwc};
+pub use conv_nhwc::{avg_pool_blocked, avg_pool_nhwc, max_pool_3x3_s2_nhwc};
 pub use gemm_f32::{linear, sgemm};
 pub use pw_nhwc::{Pointwise, Strides};
 pub use team::{par_chunks_mut, par_for, team};
-pub use transpose::{nchw_to_nhwc, nhwc_to_nchw};
+pub use transpose::{blocked_to_nchw, channel_block, nchw_to_blocked, nchw_to_nhwc, nhwc_to_nchw};
 
 /// Helpers shared by the kernels' unit tests.
 #[cfg(test)]

@@ -18,6 +18,11 @@ const NARROW: (usize, usize) = (12, 2);
 const WIDE: (usize, usize) = (6, 4);
 /// Packed weight bytes of one K block (see `run_tiles`): well inside a 48 KiB L1.
 const K_BLOCK_BYTES: usize = 32 * 1024;
+/// Input bytes of a chunk of pixels that every tile and K block of a task visits in turn (see
+/// `run_tiles`): an eighth of a 2 MiB L2.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Packed weight bytes a task keeps hot while it walks its pixels (a quarter of the L2).
+pub(crate) const GROUP_BYTES: usize = 512 * 1024;
 
 /// Where the input of a [`Pointwise`] lies: element (channel `ci`, pixel `px`) at
 /// `ci · channel_stride + px · pixel_stride`.
@@ -260,9 +265,10 @@ impl Pointwise {
         }
     }
 
-    /// The packed kernel over `npx` output pixels: pixel `i` reads its input at
-    /// `x + pixel_at(i)` (plus the tap offsets and `ci · channel`), and writes
-    /// `out[i·cout + ...]` (`res` alike), for the output-channel tiles `tiles`.
+    /// The packed kernel over `npx` output pixels of a convolution on channel-blocked data
+    /// (see [`KMap`] for the input, [`Blocked`] for the output): pixel `i` reads its input at
+    /// `x + pixel_at(i)` plus each K segment's offset, and writes its output (and reads `res`,
+    /// laid out alike) at pixel index `i` of `out`, for the output-channel tiles `tiles`.
     ///
     /// # Safety
     /// AVX-512F must be available and the weight packed ([`Pointwise::is_packed`]); every input
@@ -274,22 +280,18 @@ impl Pointwise {
     pub(crate) unsafe fn run_avx512(
         &self,
         x: *const f32,
-        taps: &[usize],
-        channel: usize,
+        k: &KMap,
         pixel_at: impl Fn(usize) -> usize,
         npx: usize,
         res: Option<*const f32>,
         out: *mut f32,
+        o: Blocked,
         tiles: std::ops::Range<usize>,
     ) {
         if self.nv == WIDE.1 {
-            self.run_tiles::<{ WIDE.0 }, { WIDE.1 }>(
-                x, taps, channel, pixel_at, npx, res, out, tiles,
-            )
+            self.run_tiles::<{ WIDE.0 }, { WIDE.1 }>(x, k, pixel_at, npx, res, out, o, tiles)
         } else {
-            self.run_tiles::<{ NARROW.0 }, { NARROW.1 }>(
-                x, taps, channel, pixel_at, npx, res, out, tiles,
-            )
+            self.run_tiles::<{ NARROW.0 }, { NARROW.1 }>(x, k, pixel_at, npx, res, out, o, tiles)
         }
     }
 
@@ -299,56 +301,124 @@ impl Pointwise {
     unsafe fn run_tiles<const MR: usize, const NV: usize>(
         &self,
         x: *const f32,
-        taps: &[usize],
-        channel: usize,
+        k: &KMap,
         pixel_at: impl Fn(usize) -> usize,
         npx: usize,
         res: Option<*const f32>,
         out: *mut f32,
+        o: Blocked,
         tiles: std::ops::Range<usize>,
     ) {
         let nr = 16 * NV;
+        debug_assert!(
+            o.block.is_multiple_of(nr) || o.block == self.cout,
+            "tiles straddle blocks"
+        );
         // K blocks whose packed weight (kc × nr floats) stays in L1 while the pixel tiles go
-        // by; partial sums wait in the output between blocks.
+        // by; partial sums wait in the output between blocks. Their segments (runs of
+        // contiguous input channels) are found once here, not per micro-tile.
         let kc = (K_BLOCK_BYTES / (nr * 4)).max(1);
-        for t in tiles {
-            let n = (self.cout - t * nr).min(nr);
-            let m: [u16; NV] = std::array::from_fn(|v| lane_mask(n.saturating_sub(16 * v)));
-            let panel = self.weight.as_ptr().add(t * self.cin * nr);
-            let bias = self.bias.as_ptr().add(t * nr);
-            let at = |px: usize| {
-                (
-                    res.map(|r| r.add(px * self.cout + t * nr)),
-                    out.add(px * self.cout + t * nr),
-                )
-            };
-            let mut k0 = 0;
-            while k0 < self.cin {
+        let kblocks: Vec<KBlock> = (0..self.cin)
+            .step_by(kc)
+            .map(|k0| {
                 let ks = k0..(k0 + kc).min(self.cin);
-                let mut px = 0;
-                while px + MR <= npx {
+                let segs = k.segments(ks.clone());
+                (ks, segs)
+            })
+            .collect();
+        // When the input is much larger than this task's weights (big maps, few channels), go
+        // through the pixels in chunks whose input stays in L2 while every tile and K block
+        // passes over it; otherwise (small maps, big weights) each weight block passes once.
+        let group_w = tiles.len() * self.cin * nr * 4;
+        let chunk = if group_w <= GROUP_BYTES && npx * self.cin * 4 > 2 * CHUNK_BYTES {
+            (CHUNK_BYTES / (self.cin * 4)).max(1).next_multiple_of(MR)
+        } else {
+            npx
+        };
+        for c0 in (0..npx).step_by(chunk) {
+            let c1 = (c0 + chunk).min(npx);
+            for t in tiles.clone() {
+                let n = (self.cout - t * nr).min(nr);
+                let m: [u16; NV] = std::array::from_fn(|v| lane_mask(n.saturating_sub(16 * v)));
+                let panel = self.weight.as_ptr().add(t * self.cin * nr);
+                let bias = self.bias.as_ptr().add(t * nr);
+                let ch = t * nr;
+                let base = (ch / o.block) * o.plane + ch % o.block;
+                let at = |px: usize| {
+                    let off = base + px * o.block;
+                    (res.map(|r| r.add(off)), out.add(off))
+                };
+                for (ks, segs) in &kblocks {
+                    let wp = panel.add(ks.start * nr);
+                    let (first, last) = (ks.start == 0, ks.end == self.cin);
+                    let mut px = c0;
+                    while px + MR <= c1 {
+                        let (rp, op) = at(px);
+                        let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
+                        tile::<MR, NV>(self, wp, bias, xs, segs, first, last, rp, op, o.block, m);
+                        px += MR;
+                    }
                     let (rp, op) = at(px);
-                    let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
-                    tile::<MR, NV>(self, panel, bias, xs, taps, channel, ks.clone(), rp, op, m);
-                    px += MR;
+                    macro_rules! rest {
+                        ($($r:literal)*) => {
+                            match c1 - px {
+                                $($r if $r < MR => {
+                                    let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
+                                    tile::<$r, NV>(self, wp, bias, xs, segs, first, last, rp, op, o.block, m)
+                                })*
+                                _ => {}
+                            }
+                        };
+                    }
+                    rest!(1 2 3 4 5 6 7 8 9 10 11);
                 }
-                let (rp, op) = at(px);
-                macro_rules! rest {
-                    ($($r:literal)*) => {
-                        match npx - px {
-                            $($r if $r < MR => {
-                                let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
-                                tile::<$r, NV>(self, panel, bias, xs, taps, channel, ks.clone(), rp, op, m)
-                            })*
-                            _ => {}
-                        }
-                    };
-                }
-                rest!(1 2 3 4 5 6 7 8 9 10 11);
-                k0 = ks.end;
             }
         }
     }
+}
+
+/// A K block of `run_tiles`: its range and its input segments `(offset, length)`.
+type KBlock = (std::ops::Range<usize>, Vec<(usize, usize)>);
+
+/// Where the reduction index `k` of a convolution's implicit GEMM reads its input, relative to
+/// each output pixel's base: `k = tap · cin + ci`, channel `ci` in block `ci / block` (blocks
+/// `plane` floats apart), at `taps[tap] + (ci / block) · plane + ci % block`.
+#[derive(Debug, Clone)]
+pub(crate) struct KMap {
+    /// Offsets of the kernel positions.
+    pub taps: Vec<usize>,
+    /// Input channels.
+    pub cin: usize,
+    /// Channels per block of the input.
+    pub block: usize,
+    /// Distance between channel blocks.
+    pub plane: usize,
+}
+
+impl KMap {
+    /// The K range `ks` as runs of contiguous channels: `(offset, length)`.
+    fn segments(&self, ks: std::ops::Range<usize>) -> Vec<(usize, usize)> {
+        let mut segs = Vec::new();
+        let mut k = ks.start;
+        while k < ks.end {
+            let (t, ci) = (k / self.cin, k % self.cin);
+            let (b, c) = (ci / self.block, ci % self.block);
+            let len = (self.block - c).min(ks.end - k);
+            segs.push((self.taps[t] + b * self.plane + c, len));
+            k += len;
+        }
+        segs
+    }
+}
+
+/// A channel-blocked layout: channel `c` of pixel `p` at `(c / block) · plane + p · block +
+/// c % block`. Channels-last is the case `block = channels`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Blocked {
+    /// Channels per block.
+    pub block: usize,
+    /// Distance between blocks.
+    pub plane: usize,
 }
 
 /// `y[px][c] = act(y[px][c] + bias[c] (+ res[px][c]))` over channels-last pixels.
@@ -441,10 +511,11 @@ unsafe fn tile_uniform<const R: usize, const NV: usize>(
             }
         }
     }
-    store_tile(pw, &mut acc, res, out, m, true);
+    store_tile(pw, &mut acc, res, out, pw.cout, m, true);
 }
 
-/// Adds the residual, applies the activation (when `last`) and stores `R` rows of a tile.
+/// Adds the residual, applies the activation (when `last`) and stores `R` rows of a tile,
+/// `ostride` floats apart.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn store_tile<const R: usize, const NV: usize>(
@@ -452,6 +523,7 @@ unsafe fn store_tile<const R: usize, const NV: usize>(
     acc: &mut [[std::arch::x86_64::__m512; NV]; R],
     res: Option<*const f32>,
     out: *mut f32,
+    ostride: usize,
     m: [u16; NV],
     last: bool,
 ) {
@@ -459,7 +531,7 @@ unsafe fn store_tile<const R: usize, const NV: usize>(
     let (lo, hi) = pw.act.bounds();
     let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
     for (r, a) in acc.iter_mut().enumerate() {
-        let o = out.add(r * pw.cout);
+        let o = out.add(r * ostride);
         for v in 0..NV {
             if m[v] == 0 {
                 break;
@@ -467,7 +539,7 @@ unsafe fn store_tile<const R: usize, const NV: usize>(
             let mut y = a[v];
             if last {
                 if let Some(rp) = res {
-                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m[v], rp.add(r * pw.cout + 16 * v)));
+                    y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m[v], rp.add(r * ostride + 16 * v)));
                 }
                 y = _mm512_min_ps(_mm512_max_ps(y, vlo), vhi);
             }
@@ -476,57 +548,51 @@ unsafe fn store_tile<const R: usize, const NV: usize>(
     }
 }
 
-/// `R` pixels × one 32-channel tile. The reduction runs over `taps` (offsets added to each
-/// pixel's input pointer `xs[r]`, for the kernel positions of a k×k convolution; `[0]` for 1×1)
-/// and, within each, the input channels: weight row `t·cin_tap + ci` meets
-/// `xs[r][taps[t] + ci·channel]`.
+/// `R` pixels × one tile of `16·NV` channels over one K block: the weight rows from `wp` on
+/// meet, segment by segment, `xs[r][off + 0..len]`; the block's partial sums start from the
+/// bias (`first`) or the output, and end in the output, finished when `last`. Output rows
+/// (and the residual's) are `ostride` floats apart.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const R: usize, const NV: usize>(
     pw: &Pointwise,
-    panel: *const f32,
+    mut wp: *const f32,
     bias: *const f32,
     xs: [*const f32; R],
-    taps: &[usize],
-    channel: usize,
-    ks: std::ops::Range<usize>,
+    segs: &[(usize, usize)],
+    first: bool,
+    last: bool,
     res: Option<*const f32>,
     out: *mut f32,
+    ostride: usize,
     m: [u16; NV],
 ) {
     use std::arch::x86_64::*;
-    let (first, last) = (ks.start == 0, ks.end == pw.cin);
     let mut acc: [[__m512; NV]; R] = std::array::from_fn(|r| {
         std::array::from_fn(|v| {
             if first {
                 _mm512_loadu_ps(bias.add(16 * v))
             } else {
-                _mm512_maskz_loadu_ps(m[v], out.add(r * pw.cout + 16 * v))
+                _mm512_maskz_loadu_ps(m[v], out.add(r * ostride + 16 * v))
             }
         })
     });
-    let cin_tap = pw.cin / taps.len();
-    let mut wp = panel.add(ks.start * 16 * NV);
-    let mut k = ks.start;
-    while k < ks.end {
-        let t = k / cin_tap;
-        let (c0, c1) = (k - t * cin_tap, (ks.end - t * cin_tap).min(cin_tap));
-        let xt = xs.map(|p| p.wrapping_add(taps[t]));
-        for ci in c0..c1 {
+    for &(off, len) in segs {
+        let xt = xs.map(|p| p.wrapping_add(off));
+        for ci in 0..len {
             let w: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(wp.add(16 * v)));
             wp = wp.add(16 * NV);
             for (a, p) in acc.iter_mut().zip(&xt) {
-                let x = _mm512_set1_ps(*p.add(ci * channel));
+                let x = _mm512_set1_ps(*p.add(ci));
                 for v in 0..NV {
                     a[v] = _mm512_fmadd_ps(x, w[v], a[v]);
                 }
             }
         }
-        k = t * cin_tap + c1;
     }
-    store_tile(pw, &mut acc, res, out, m, last);
+    store_tile(pw, &mut acc, res, out, ostride, m, last);
 }
 
 #[cfg(test)]

@@ -60,16 +60,40 @@ unsafe fn transpose_to(src: &[f32], ss: usize, rows: usize, cols: usize, dst: *m
 /// `[n][c][hw]` → `[n][hw][c]`, in parallel over pixel ranges ([`crate::par_for`]).
 pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
     assert_eq!(x.len(), n * c * hw, "nchw_to_nhwc: size");
-    relayout(x, n, c, hw, true)
+    relayout(x, n, c, hw, c, true)
 }
 
 /// `[n][hw][c]` → `[n][c][hw]`, as [`nchw_to_nhwc`].
 pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
     assert_eq!(x.len(), n * c * hw, "nhwc_to_nchw: size");
-    relayout(x, n, c, hw, false)
+    relayout(x, n, c, hw, c, false)
 }
 
-fn relayout(x: &[f32], n: usize, c: usize, hw: usize, to_last: bool) -> Vec<f32> {
+/// The channel block of kiln's channel-blocked layout for `c` channels: 64 (one micro-tile of
+/// the convolution kernel) when it divides `c`, else all of them (plain channels-last).
+pub fn channel_block(c: usize) -> usize {
+    if c.is_multiple_of(64) {
+        64
+    } else {
+        c
+    }
+}
+
+/// `[n][c][hw]` → the channel-blocked layout `[c / b][n][hw][b]`, `b = channel_block(c)`:
+/// every block of channels is a channels-last tensor of its own, its pixels contiguous.
+pub fn nchw_to_blocked(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * c * hw, "nchw_to_blocked: size");
+    relayout(x, n, c, hw, channel_block(c), true)
+}
+
+/// The channel-blocked layout (see [`nchw_to_blocked`]) → `[n][c][hw]`.
+pub fn blocked_to_nchw(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * c * hw, "blocked_to_nchw: size");
+    relayout(x, n, c, hw, channel_block(c), false)
+}
+
+/// Between `[n][c][hw]` and `[c / block][n][hw][block]` (channels-last when `block = c`).
+fn relayout(x: &[f32], n: usize, c: usize, hw: usize, block: usize, to_blocked: bool) -> Vec<f32> {
     let mut y: Vec<f32> = Vec::with_capacity(x.len());
     // SAFETY: the transposes below write every element before anything reads it; f32 has no
     // invalid bit patterns.
@@ -80,6 +104,7 @@ fn relayout(x: &[f32], n: usize, c: usize, hw: usize, to_last: bool) -> Vec<f32>
     if c == 0 || hw == 0 {
         return y;
     }
+    let blocks = c / block;
     // Pixel ranges of whole 16-blocks, about four per thread.
     let per = hw
         .div_ceil(crate::current_threads() * 4)
@@ -89,19 +114,23 @@ fn relayout(x: &[f32], n: usize, c: usize, hw: usize, to_last: bool) -> Vec<f32>
     // SAFETY: tasks write disjoint pixel ranges.
     unsafe impl Sync for Out {}
     let out = Out(y.as_mut_ptr());
-    crate::par_for(n * parts, |t| {
+    crate::par_for(n * blocks * parts, |t| {
         let out = &out;
-        let (i, p0) = (t / parts, (t % parts) * per);
+        let (ib, p0) = (t / parts, (t % parts) * per);
+        let (i, b) = (ib / blocks, ib % blocks);
         let np = per.min(hw - p0);
-        let xi = &x[i * c * hw..(i + 1) * c * hw];
-        let yi = out.0.wrapping_add(i * c * hw);
-        // SAFETY: inside the image's `[c × hw]` output, this task writes only pixels
-        // p0..p0 + np.
+        // Channels b·block.. of image i: `[block][hw]` channels-first, `[hw][block]` blocked.
+        let first = (i * c + b * block) * hw;
+        let last = (b * n + i) * hw * block;
+        // SAFETY: inside the `[block × hw]` part of the output this task's (image, block) owns,
+        // it writes only pixels p0..p0 + np.
         unsafe {
-            if to_last {
-                transpose_to(&xi[p0..], hw, c, np, yi.add(p0 * c), c);
+            if to_blocked {
+                let yb = out.0.wrapping_add(last);
+                transpose_to(&x[first + p0..], hw, block, np, yb.add(p0 * block), block);
             } else {
-                transpose_to(&xi[p0 * c..], c, np, c, yi.add(p0), hw);
+                let yb = out.0.wrapping_add(first);
+                transpose_to(&x[last + p0 * block..], block, np, block, yb.add(p0), hw);
             }
         }
     });
@@ -158,7 +187,27 @@ unsafe fn block16(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
 
 #[cfg(test)]
 mod tests {
-    use super::transpose;
+    use super::*;
+
+    /// Round trips, against the index formula of the blocked layout.
+    #[test]
+    fn blocked_layout() {
+        for (n, c, hw) in [(2, 128, 13), (1, 3, 20), (3, 192, 17), (2, 40, 5)] {
+            let x: Vec<f32> = (0..n * c * hw).map(|v| v as f32).collect();
+            let y = nchw_to_blocked(&x, n, c, hw);
+            let b = channel_block(c);
+            for i in 0..n {
+                for ch in 0..c {
+                    for p in 0..hw {
+                        let got = y[((ch / b * n + i) * hw + p) * b + ch % b];
+                        assert_eq!(got, x[(i * c + ch) * hw + p], "{n} {c} {hw}");
+                    }
+                }
+            }
+            assert_eq!(blocked_to_nchw(&y, n, c, hw), x);
+            assert_eq!(nhwc_to_nchw(&nchw_to_nhwc(&x, n, c, hw), n, c, hw), x);
+        }
+    }
 
     #[test]
     fn matches_naive() {

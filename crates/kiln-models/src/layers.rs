@@ -211,7 +211,7 @@ impl ConvBn {
             if x.device().is_cpu() && x.dtype() == DType::F32 {
                 let op = KernelConv {
                     conv: k,
-                    channels_last: false,
+                    layout: ConvLayout::First,
                 };
                 let x = x.contiguous()?;
                 return match residual {
@@ -252,13 +252,38 @@ impl ConvBn {
         };
         let op = KernelConv {
             conv: k,
-            channels_last: true,
+            layout: ConvLayout::Last,
         };
         let x = x.contiguous()?;
         match residual {
             None => x.apply_op1_no_bwd(&op),
             Some(r) => x.apply_op2_no_bwd(&r.contiguous()?, &op),
         }
+    }
+
+    /// The same on kiln's channel-blocked layout, `[c / b, n, h, w, b]` with `b =`
+    /// [`kiln_kernels::channel_block`]`(c)` (every 64 channels a channels-last tensor of their
+    /// own; plain channels-last, with a leading 1, when 64 does not divide `c`): input, residual
+    /// and result. Needs [`ConvBn::runs_nhwc`].
+    pub fn forward_blocked(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        let Some(k) = self.packed.as_deref().filter(|_| self.runs_nhwc(x)) else {
+            candle_core::bail!("channel-blocked convolutions run on the CPU in f32, ungrouped")
+        };
+        let op = KernelConv {
+            conv: k,
+            layout: ConvLayout::Blocked,
+        };
+        let x = x.contiguous()?;
+        match residual {
+            None => x.apply_op1_no_bwd(&op),
+            Some(r) => x.apply_op2_no_bwd(&r.contiguous()?, &op),
+        }
+    }
+
+    /// From channels-first `[n, c, h, w]` (a network's stem) to a channel-blocked result (see
+    /// [`ConvBn::forward_blocked`]). Needs [`ConvBn::runs_nhwc`].
+    pub fn forward_blocked_from_nchw(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_blocked(&to_blocked(x)?, None)
     }
 
     /// The same with candle's own ops: every device and dtype, and the reference the kernels are
@@ -281,13 +306,14 @@ impl ConvBn {
     }
 }
 
-/// 3×3 stride-2 max pooling with one pixel of padding on channels-last `[n, h, w, c]` f32 on
-/// the CPU (ResNet's, after the stem).
+/// 3×3 stride-2 max pooling with one pixel of padding on channels-last `[n, h, w, c]` or
+/// channel-blocked `[c / b, n, h, w, b]` f32 on the CPU (ResNet's, after the stem).
 pub fn max_pool_3x3_s2_nhwc(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&PoolOp { max: true })
 }
 
-/// Global average pooling of channels-last `[n, h, w, c]` f32 on the CPU: `[n, c]`.
+/// Global average pooling of channels-last `[n, h, w, c]` or channel-blocked
+/// `[c / b, n, h, w, b]` f32 on the CPU: `[n, c]`.
 pub fn avg_pool_nhwc(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&PoolOp { max: false })
 }
@@ -301,25 +327,49 @@ impl CustomOp1 for PoolOp {
         "kiln-pool-nhwc"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, h, w, c) = l.shape().dims4()?;
+        // A channel-blocked tensor is `blocks · n` channels-last images of `b` channels.
+        let (blocks, n, h, w, b) = match l.dims() {
+            &[n, h, w, c] => (1, n, h, w, c),
+            &[blocks, n, h, w, b] => (blocks, n, h, w, b),
+            d => candle_core::bail!("pooling expects [n, h, w, c] or [c/b, n, h, w, b], got {d:?}"),
+        };
         let x = contiguous_f32(s, l, "input")?;
         Ok(if self.max {
-            let (y, oh, ow) = kiln_kernels::max_pool_3x3_s2_nhwc(x, n, h, w, c);
-            (CpuStorage::F32(y), Shape::from((n, oh, ow, c)))
+            let (y, oh, ow) = kiln_kernels::max_pool_3x3_s2_nhwc(x, blocks * n, h, w, b);
+            let dims = if l.dims().len() == 5 {
+                vec![blocks, n, oh, ow, b]
+            } else {
+                vec![n, oh, ow, b]
+            };
+            (CpuStorage::F32(y), Shape::from(dims))
         } else {
-            (
-                CpuStorage::F32(kiln_kernels::avg_pool_nhwc(x, n, h * w, c)),
-                Shape::from((n, c)),
-            )
+            let c = blocks * b;
+            let y = if l.dims().len() == 5 {
+                kiln_kernels::avg_pool_blocked(x, n, h * w, c)
+            } else {
+                kiln_kernels::avg_pool_nhwc(x, n, h * w, c)
+            };
+            (CpuStorage::F32(y), Shape::from((n, c)))
         })
     }
 }
 
+/// The data layouts [`KernelConv`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvLayout {
+    /// `[n, c, h, w]`.
+    First,
+    /// `[n, h, w, c]`.
+    Last,
+    /// `[c / b, n, h, w, b]`, `b = kiln_kernels::channel_block(c)`.
+    Blocked,
+}
+
 /// [`ConvBn`] on kiln's CPU kernels, as a candle custom op (input, and the residual as second
-/// operand), on channels-first (`[n, c, h, w]`) or channels-last (`[n, h, w, c]`) tensors.
+/// operand), in any [`ConvLayout`].
 struct KernelConv<'a> {
     conv: &'a kiln_kernels::Conv2d,
-    channels_last: bool,
+    layout: ConvLayout,
 }
 
 impl KernelConv<'_> {
@@ -329,19 +379,28 @@ impl KernelConv<'_> {
         xl: &Layout,
         res: Option<(&CpuStorage, &Layout)>,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = match xl.shape().dims4()? {
-            (n, h, w, c) if self.channels_last => (n, c, h, w),
-            dims => dims,
+        let (n, c, h, w) = match (self.layout, xl.dims()) {
+            (ConvLayout::First, &[n, c, h, w]) => (n, c, h, w),
+            (ConvLayout::Last, &[n, h, w, c]) => (n, c, h, w),
+            (ConvLayout::Blocked, &[blocks, n, h, w, b])
+                if b == kiln_kernels::channel_block(blocks * b) =>
+            {
+                (n, blocks * b, h, w)
+            }
+            (layout, d) => candle_core::bail!("conv: {layout:?} input of shape {d:?}"),
         };
         let s = self.conv.shape();
         if c != s.cin {
             candle_core::bail!("conv expects {} input channels, got {c}", s.cin)
         }
         let [_, cout, oh, ow] = self.conv.out_dims(n, h, w);
-        let dims = if self.channels_last {
-            [n, oh, ow, cout]
-        } else {
-            [n, cout, oh, ow]
+        let dims = match self.layout {
+            ConvLayout::First => vec![n, cout, oh, ow],
+            ConvLayout::Last => vec![n, oh, ow, cout],
+            ConvLayout::Blocked => {
+                let b = kiln_kernels::channel_block(cout);
+                vec![cout / b, n, oh, ow, b]
+            }
         };
         let rs = match res {
             Some((r, rl)) => {
@@ -356,12 +415,12 @@ impl KernelConv<'_> {
             None => None,
         };
         let xs = contiguous_f32(x, xl, "input")?;
-        let y = if self.channels_last {
-            self.conv.forward_nhwc(xs, n, h, w, rs)
-        } else {
-            self.conv.forward(xs, n, h, w, rs)
+        let y = match self.layout {
+            ConvLayout::First => self.conv.forward(xs, n, h, w, rs),
+            ConvLayout::Last => self.conv.forward_nhwc(xs, n, h, w, rs),
+            ConvLayout::Blocked => self.conv.forward_blocked(xs, n, h, w, rs),
         };
-        Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 }
 
@@ -376,10 +435,10 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [
 
 impl CustomOp1 for KernelConv<'_> {
     fn name(&self) -> &'static str {
-        if self.channels_last {
-            "kiln-conv2d-nhwc"
-        } else {
-            "kiln-conv2d"
+        match self.layout {
+            ConvLayout::First => "kiln-conv2d",
+            ConvLayout::Last => "kiln-conv2d-nhwc",
+            ConvLayout::Blocked => "kiln-conv2d-blocked",
         }
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -389,10 +448,10 @@ impl CustomOp1 for KernelConv<'_> {
 
 impl CustomOp2 for KernelConv<'_> {
     fn name(&self) -> &'static str {
-        if self.channels_last {
-            "kiln-conv2d-nhwc-residual"
-        } else {
-            "kiln-conv2d-residual"
+        match self.layout {
+            ConvLayout::First => "kiln-conv2d-residual",
+            ConvLayout::Last => "kiln-conv2d-nhwc-residual",
+            ConvLayout::Blocked => "kiln-conv2d-blocked-residual",
         }
     }
     fn cpu_fwd(
@@ -550,9 +609,7 @@ impl CustomOp1 for FusedBlock<'_> {
 /// candle's copy elsewhere.
 pub fn to_channels_last(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        return x
-            .contiguous()?
-            .apply_op1_no_bwd(&Relayout { to_last: true });
+        return x.contiguous()?.apply_op1_no_bwd(&Relayout::Last);
     }
     x.permute((0, 2, 3, 1))?.contiguous()
 }
@@ -560,15 +617,23 @@ pub fn to_channels_last(x: &Tensor) -> Result<Tensor> {
 /// `[n, h, w, c]` → `[n, c, h, w]` (contiguous), as [`to_channels_last`].
 pub fn to_channels_first(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        return x
-            .contiguous()?
-            .apply_op1_no_bwd(&Relayout { to_last: false });
+        return x.contiguous()?.apply_op1_no_bwd(&Relayout::First);
     }
     x.permute((0, 3, 1, 2))?.contiguous()
 }
 
-struct Relayout {
-    to_last: bool,
+/// `[n, c, h, w]` → kiln's channel-blocked `[c / b, n, h, w, b]` (see
+/// [`ConvBn::forward_blocked`]); CPU, f32.
+pub fn to_blocked(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&Relayout::Blocked)
+}
+
+/// A change of layout on the CPU: channels-first to channels-last or to channel-blocked, or
+/// channels-last back to channels-first.
+enum Relayout {
+    Last,
+    First,
+    Blocked,
 }
 
 impl CustomOp1 for Relayout {
@@ -578,14 +643,23 @@ impl CustomOp1 for Relayout {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, a, b, c) = l.shape().dims4()?;
         let x = contiguous_f32(s, l, "input")?;
-        Ok(if self.to_last {
+        Ok(match self {
             // [n, c=a, h=b, w=c]
-            let y = kiln_kernels::nchw_to_nhwc(x, n, a, b * c);
-            (CpuStorage::F32(y), Shape::from((n, b, c, a)))
-        } else {
+            Relayout::Last => {
+                let y = kiln_kernels::nchw_to_nhwc(x, n, a, b * c);
+                (CpuStorage::F32(y), Shape::from((n, b, c, a)))
+            }
+            Relayout::Blocked => {
+                let y = kiln_kernels::nchw_to_blocked(x, n, a, b * c);
+                let blk = kiln_kernels::channel_block(a).max(1);
+                let dims = vec![a / blk, n, b, c, blk];
+                (CpuStorage::F32(y), Shape::from(dims))
+            }
             // [n, h=a, w=b, c]
-            let y = kiln_kernels::nhwc_to_nchw(x, n, c, a * b);
-            (CpuStorage::F32(y), Shape::from((n, c, a, b)))
+            Relayout::First => {
+                let y = kiln_kernels::nhwc_to_nchw(x, n, c, a * b);
+                (CpuStorage::F32(y), Shape::from((n, c, a, b)))
+            }
         })
     }
 }

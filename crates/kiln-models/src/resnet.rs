@@ -156,18 +156,19 @@ impl Block {
             .all(|c| c.runs_nhwc(x))
     }
 
-    /// The block on channels-last `[n, h, w, c]` (CPU, f32; [`Block::runs_nhwc`]).
-    fn forward_nhwc(&self, x: &Tensor) -> Result<Tensor> {
+    /// The block on kiln's channel-blocked layout (CPU, f32; [`Block::runs_nhwc`]; see
+    /// [`ConvBn::forward_blocked`]).
+    fn forward_blocked(&self, x: &Tensor) -> Result<Tensor> {
         let shortcut = match &self.downsample {
-            Some(d) => d.forward_nhwc(x, None)?,
+            Some(d) => d.forward_blocked(x, None)?,
             None => x.clone(),
         };
         let (last, first) = self.convs.split_last().expect("a block has convolutions");
         let mut h = x.clone();
         for c in first {
-            h = c.forward_nhwc(&h, None)?;
+            h = c.forward_blocked(&h, None)?;
         }
-        last.forward_nhwc(&h, Some(&shortcut))
+        last.forward_blocked(&h, Some(&shortcut))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -251,10 +252,11 @@ fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
 impl ImageModel for ResNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.stem.runs_nhwc(x) && self.blocks.iter().all(|b| b.runs_nhwc(x)) {
-            // CPU, f32, no grouped convolutions: channels-last from the stem to the pooling.
-            let mut h = max_pool_3x3_s2_nhwc(&self.stem.forward_channels_last(x)?)?;
+            // CPU, f32, no grouped convolutions: channel-blocked (64-channel channels-last
+            // planes) from the stem to the pooling.
+            let mut h = max_pool_3x3_s2_nhwc(&self.stem.forward_blocked_from_nchw(x)?)?;
             for b in &self.blocks {
-                h = b.forward_nhwc(&h)?;
+                h = b.forward_blocked(&h)?;
             }
             return self.fc.forward(&avg_pool_nhwc(&h)?);
         }
