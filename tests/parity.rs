@@ -315,6 +315,28 @@ parity_tests!(
     mobilenet_v2_w140,
 );
 
+/// Batches take other paths with several threads (ResNet: the early stages one image per
+/// thread, the later ones the whole batch per layer): the same logits, on 1 and 3 threads,
+/// whatever the machine's core count.
+#[test]
+fn resnet_batches_on_any_thread_count() {
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool");
+        for name in ["resnet18", "resnet50"] {
+            let label = format!("{name} {threads} thr");
+            let agreement = pool.install(|| run_parity(name, &label, |_| {}));
+            assert!(
+                agreement.failures.is_empty(),
+                "{label}: {}",
+                agreement.failures.join("\n  ")
+            );
+        }
+    }
+}
+
 /// A fine-tuned head of another width loads: the class count comes from `fc.weight`.
 #[test]
 fn resnet18_ten_class_head() {

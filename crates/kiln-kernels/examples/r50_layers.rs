@@ -1,4 +1,10 @@
-//! Times every distinct ResNet-50 convolution (batch 1, channels-last) on one thread.
+//! Times every distinct convolution of ResNet-50 on one thread, alone and cache-warm (medians
+//! in ms and GMAC/s): for finding which layer shapes a kernel change helps or hurts. In a whole
+//! network the weights come from memory, so expect those times to be 10–40% higher.
+//!
+//! `cargo run --release -p kiln-kernels --example r50_layers [BATCH]`; environment:
+//! `BLOCKED=1` channel-blocked layout (what ResNet runs) instead of channels-last, `ONLY=i`
+//! one layer (for `perf record`), `REPS=n` timed repetitions, `KILN_WINOGRAD=0` direct 3×3.
 use kiln_kernels::{Activation, Conv2d, ConvShape};
 use std::time::Instant;
 

@@ -72,6 +72,9 @@ pub struct Conv2d {
     act: Activation,
     /// The weight packed for [`Conv2d::forward_nhwc`], on first use.
     pub(crate) nhwc: std::sync::OnceLock<crate::Pointwise>,
+    /// The weight transformed for the Winograd path of 3×3 stride-1 convolutions, on first
+    /// use.
+    pub(crate) wino: std::sync::OnceLock<crate::winograd::Winograd>,
 }
 
 thread_local! {
@@ -115,6 +118,7 @@ impl Conv2d {
             shape,
             kind,
             nhwc: std::sync::OnceLock::new(),
+            wino: std::sync::OnceLock::new(),
             // OIHW is already `[g][cout/g][cin/g · k · k]` row-major and `[c][k·k]` for
             // depthwise: the layouts both kernels want.
             weight: weight.to_vec(),

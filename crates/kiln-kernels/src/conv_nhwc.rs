@@ -8,6 +8,7 @@ use std::cell::Cell;
 
 use crate::conv::{Conv2d, KernelKind};
 use crate::pw_nhwc::{Blocked, KMap, Pointwise, GROUP_BYTES};
+use crate::winograd::{self, Winograd};
 
 /// A padded copy's `(images, hp, wp, channels, top, left)`.
 type PadGeom = (usize, usize, usize, usize, usize, usize);
@@ -15,6 +16,48 @@ type PadGeom = (usize, usize, usize, usize, usize, usize);
 thread_local! {
     /// The zero-bordered input copy and its geometry.
     static PADDED: Cell<(Vec<f32>, PadGeom)> = const { Cell::new((Vec::new(), (0, 0, 0, 0, 0, 0))) };
+}
+
+/// Runs `f` on `x` (`images` channels-last images of `c` channels, `h × w`) with a zero border
+/// `[top, bottom, left, right]` around each image — `x` itself when there is none, else a copy
+/// kept per thread: when the geometry repeats (every block of a stage), its border is still
+/// zero and only the interior is copied.
+fn with_padded<R>(
+    x: &[f32],
+    images: usize,
+    (h, w): (usize, usize),
+    c: usize,
+    [t, b, l, r]: [usize; 4],
+    f: impl FnOnce(&[f32]) -> R,
+) -> R {
+    if [t, b, l, r] == [0; 4] {
+        return f(x);
+    }
+    let (hp, wp) = (h + t + b, w + l + r);
+    let (mut padded, mut geom) = PADDED.with(|cell| cell.take());
+    let want = (images, hp, wp, c, t, l);
+    if geom != want {
+        padded.clear();
+        padded.resize(images * hp * wp * c, 0.0);
+        geom = want;
+    }
+    for i in 0..images {
+        for y in 0..h {
+            let d = ((i * hp + y + t) * wp + l) * c;
+            let sy = (i * h + y) * w * c;
+            padded[d..d + w * c].copy_from_slice(&x[sy..sy + w * c]);
+        }
+    }
+    let y = f(&padded);
+    PADDED.with(|cell| cell.set((padded, geom)));
+    y
+}
+
+/// Whether 3×3 convolutions may take the Winograd path (`KILN_WINOGRAD=0` turns it off, to
+/// compare).
+fn winograd_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_WINOGRAD").map_or(true, |v| v != "0"))
 }
 
 struct SendPtr(*mut f32);
@@ -80,6 +123,37 @@ impl Conv2d {
         if let Some(r) = res {
             assert_eq!(r.len(), n * img_out, "residual size");
         }
+        let images = n * (cin / bi);
+        if k == 3
+            && s.stride == 1
+            && s.pad == [1; 4]
+            && n * oh * ow >= winograd::MIN_PIXELS
+            && winograd_on()
+        {
+            let wino = self
+                .wino
+                .get_or_init(|| Winograd::new(self.weight(), cin, cout));
+            let (hp, wp) = (2 * h.div_ceil(2) + 2, 2 * w.div_ceil(2) + 2);
+            return with_padded(
+                x,
+                images,
+                (h, w),
+                bi,
+                [1, hp - h - 1, 1, wp - w - 1],
+                |xp| {
+                    wino.forward(
+                        xp,
+                        n,
+                        (h, w),
+                        (hp, wp),
+                        (bi, bo),
+                        self.bias(),
+                        self.activation(),
+                        res,
+                    )
+                },
+            );
+        }
         let pw = self.nhwc_packed();
         if !pw.is_packed() {
             let to_first = |v: &[f32], c: usize, hw: usize, b: usize| {
@@ -100,93 +174,70 @@ impl Conv2d {
         }
         let [t, b, l, r] = s.pad;
         let (hp, wp) = (h + t + b, w + l + r);
-        // Every block of channels is a channels-last tensor of its own: `n · blocks` images of
-        // `bi` channels to pad, each block a `plane` apart.
-        let images = n * (cin / bi);
-        let mut out: Vec<f32> = Vec::with_capacity(n * img_out);
-        // SAFETY: the tasks below write every output element before anything reads it; f32 has
-        // no invalid bit patterns.
-        #[allow(clippy::uninit_vec)]
-        unsafe {
-            out.set_len(n * img_out)
-        };
-        // A zero-bordered copy of the input, reused on this thread: when the geometry repeats
-        // (every block of a stage), its border is still zero and only the interior is copied.
-        let (mut padded, mut geom) = PADDED.with(|c| c.take());
-        let want = (images, hp, wp, bi, t, l);
-        let src: &[f32] = if [t, b, l, r] == [0; 4] {
-            x
-        } else {
-            if geom != want {
-                padded.clear();
-                padded.resize(images * hp * wp * bi, 0.0);
-                geom = want;
-            }
-            for i in 0..images {
-                for y in 0..h {
-                    let d = ((i * hp + y + t) * wp + l) * bi;
-                    let sy = (i * h + y) * w * bi;
-                    padded[d..d + w * bi].copy_from_slice(&x[sy..sy + w * bi]);
-                }
-            }
-            &padded
-        };
-        // Every output pixel of every image is one row of the implicit GEMM: the images of a
-        // batch share each weight block while it is in L1, and small maps (7×7) fill whole
-        // micro-tiles. Each pixel's input offset comes from a table (no division per tile).
-        let npx = n * oh * ow;
-        let offsets: Vec<usize> = (0..npx)
-            .map(|p| {
-                let (i, q) = (p / (oh * ow), p % (oh * ow));
-                ((i * hp + (q / ow) * s.stride) * wp + (q % ow) * s.stride) * bi
-            })
-            .collect();
-        let kmap = KMap {
-            taps: (0..k * k).map(|i| ((i / k) * wp + i % k) * bi).collect(),
-            cin,
-            block: bi,
-            plane: n * hp * wp * bi,
-        };
-        let layout = Blocked {
-            block: bo,
-            plane: npx * bo,
-        };
-        let tiles = pw.tiles();
-        let per_group = (GROUP_BYTES / (k * k * cin * pw.tile_channels() * 4)).clamp(1, tiles);
-        let groups = tiles.div_ceil(per_group);
-        let threads = crate::current_threads();
-        let px_parts = if threads > 1 {
-            (2 * threads).div_ceil(groups)
-        } else {
-            1
-        };
-        let per = npx.div_ceil(px_parts).next_multiple_of(pw.tile_pixels());
-        let parts = npx.div_ceil(per);
-        let o = SendPtr(out.as_mut_ptr());
-        crate::par_for(groups * parts, |task| {
-            let o = &o;
-            let (g, q) = (task / parts, task % parts);
-            let tiles = g * per_group..((g + 1) * per_group).min(tiles);
-            let (p0, p1) = (q * per, ((q + 1) * per).min(npx));
-            let offs = &offsets[p0..p1];
-            // SAFETY: AVX-512F is available (`is_packed`); every tap of every pixel lies in the
-            // (padded) input, whose size follows from the output size; this task alone writes
-            // channel tiles `tiles` of pixels p0..p1 (pixel p0 of a block at `p0 · bo`).
+        with_padded(x, images, (h, w), bi, s.pad, |src| {
+            let mut out: Vec<f32> = Vec::with_capacity(n * img_out);
+            // SAFETY: the tasks below write every output element before anything reads it; f32 has
+            // no invalid bit patterns.
+            #[allow(clippy::uninit_vec)]
             unsafe {
-                pw.run_avx512(
-                    src.as_ptr(),
-                    &kmap,
-                    |i| offs[i],
-                    p1 - p0,
-                    res.map(|r| r[p0 * bo..].as_ptr()),
-                    o.0.add(p0 * bo),
-                    layout,
-                    tiles,
-                )
+                out.set_len(n * img_out)
             };
-        });
-        PADDED.with(|c| c.set((padded, geom)));
-        out
+            // Every output pixel of every image is one row of the implicit GEMM: the images of a
+            // batch share each weight block while it is in L1, and small maps (7×7) fill whole
+            // micro-tiles. Each pixel's input offset comes from a table (no division per tile).
+            let npx = n * oh * ow;
+            let offsets: Vec<usize> = (0..npx)
+                .map(|p| {
+                    let (i, q) = (p / (oh * ow), p % (oh * ow));
+                    ((i * hp + (q / ow) * s.stride) * wp + (q % ow) * s.stride) * bi
+                })
+                .collect();
+            let kmap = KMap {
+                taps: (0..k * k).map(|i| ((i / k) * wp + i % k) * bi).collect(),
+                cin,
+                block: bi,
+                plane: n * hp * wp * bi,
+            };
+            let layout = Blocked {
+                block: bo,
+                plane: npx * bo,
+            };
+            let tiles = pw.tiles();
+            let per_group = (GROUP_BYTES / (k * k * cin * pw.tile_channels() * 4)).clamp(1, tiles);
+            let groups = tiles.div_ceil(per_group);
+            let threads = crate::current_threads();
+            let px_parts = if threads > 1 {
+                (2 * threads).div_ceil(groups)
+            } else {
+                1
+            };
+            let per = npx.div_ceil(px_parts).next_multiple_of(pw.tile_pixels());
+            let parts = npx.div_ceil(per);
+            let o = SendPtr(out.as_mut_ptr());
+            crate::par_for(groups * parts, |task| {
+                let o = &o;
+                let (g, q) = (task / parts, task % parts);
+                let tiles = g * per_group..((g + 1) * per_group).min(tiles);
+                let (p0, p1) = (q * per, ((q + 1) * per).min(npx));
+                let offs = &offsets[p0..p1];
+                // SAFETY: AVX-512F is available (`is_packed`); every tap of every pixel lies in the
+                // (padded) input, whose size follows from the output size; this task alone writes
+                // channel tiles `tiles` of pixels p0..p1 (pixel p0 of a block at `p0 · bo`).
+                unsafe {
+                    pw.run_avx512(
+                        src.as_ptr(),
+                        &kmap,
+                        |i| offs[i],
+                        p1 - p0,
+                        res.map(|r| r[p0 * bo..].as_ptr()),
+                        o.0.add(p0 * bo),
+                        layout,
+                        tiles,
+                    )
+                };
+            });
+            out
+        })
     }
 
     /// The weight reordered to `[cout][ky][kx][cin]` and packed for the channels-last kernel,
@@ -343,6 +394,64 @@ mod tests {
                     diff < 1e-4,
                     "blocked {s:?} {h}x{w} {threads} threads: max diff {diff}"
                 );
+            }
+        }
+    }
+
+    /// The Winograd path (3×3, stride 1, enough pixels) against the channels-first kernels:
+    /// odd and even sizes, several images, residual, both layouts, channel counts that are and
+    /// are not multiples of 16 (vector and generic transforms), chunked and all-at-once weights
+    /// (above 1 MiB transformed), 1 to 3 threads.
+    #[test]
+    fn winograd_matches_channels_first() {
+        let cases = [
+            (64, 64, 2, 13, 17, true),
+            (128, 64, 1, 20, 15, false),
+            (40, 24, 3, 9, 11, true),
+            (160, 192, 1, 14, 14, true),
+            (256, 128, 2, 9, 10, false),
+        ];
+        for (cin, cout, n, h, w, with_res) in cases {
+            assert!(n * h * w >= crate::winograd::MIN_PIXELS);
+            let s = ConvShape {
+                cin,
+                cout,
+                kernel: 3,
+                stride: 1,
+                groups: 1,
+                pad: [1; 4],
+            };
+            let conv = Conv2d::new(
+                s,
+                &vals(cout * cin * 9, 5),
+                Some(&vals(cout, 6)),
+                Activation::Relu6,
+            );
+            let x = vals(n * cin * h * w, 7);
+            let res = with_res.then(|| vals(n * cout * h * w, 8));
+            let want = conv.forward(&x, n, h, w, res.as_deref());
+            for threads in 1..=3 {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let x_bl = crate::nchw_to_blocked(&x, n, cin, h * w);
+                let r_bl = res
+                    .as_ref()
+                    .map(|r| crate::nchw_to_blocked(r, n, cout, h * w));
+                let got = pool.install(|| conv.forward_blocked(&x_bl, n, h, w, r_bl.as_deref()));
+                let got = crate::blocked_to_nchw(&got, n, cout, h * w);
+                let diff = max_diff(&got, &want);
+                assert!(
+                    diff < 1e-4,
+                    "blocked {s:?} {n}x{h}x{w} {threads} thr: {diff}"
+                );
+                let x_cl = crate::nchw_to_nhwc(&x, n, cin, h * w);
+                let r_cl = res.as_ref().map(|r| crate::nchw_to_nhwc(r, n, cout, h * w));
+                let got = pool.install(|| conv.forward_nhwc(&x_cl, n, h, w, r_cl.as_deref()));
+                let got = crate::nhwc_to_nchw(&got, n, cout, h * w);
+                let diff = max_diff(&got, &want);
+                assert!(diff < 1e-4, "nhwc {s:?} {n}x{h}x{w} {threads} thr: {diff}");
             }
         }
     }

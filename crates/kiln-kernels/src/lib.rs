@@ -40,6 +40,7 @@ mod gemm_f32;
 mod pw_nhwc;
 mod team;
 mod transpose;
+mod winograd;
 
 pub use act::Activation;
 pub use block::{tf_same as tf_same_padding, DwPadding, InvertedResidual};

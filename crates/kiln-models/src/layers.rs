@@ -862,12 +862,13 @@ fn prefix(vb: &VarBuilder) -> String {
     }
 }
 
-/// Runs `model` on a batch. On the CPU in f32 with more than one image, the images are spread
-/// over the threads of the current rayon pool, each computed start to finish by one thread with
-/// its kernels serial ([`kiln_kernels::serial`]): no fork-join per layer, and each thread's
-/// activations stay in its own cache. One image runs with the kernels parallel inside each layer,
-/// on a [`kiln_kernels::team`]. Other devices and dtypes: `model.forward(x)`.
-pub fn forward_batch(model: &dyn crate::ImageModel, x: &Tensor) -> Result<Tensor> {
+/// Runs `model` on a batch (the default [`crate::ImageModel::forward_batch`]). On the CPU in
+/// f32 with more than one image, the images are spread over the threads of the current rayon
+/// pool, each computed start to finish by one thread with its kernels serial
+/// ([`kiln_kernels::serial`]): no fork-join per layer, and each thread's activations stay in its
+/// own cache. One image runs with the kernels parallel inside each layer, on a
+/// [`kiln_kernels::team`]. Other devices and dtypes: `model.forward(x)`.
+pub fn forward_spread<M: crate::ImageModel + ?Sized>(model: &M, x: &Tensor) -> Result<Tensor> {
     let n = x.dim(0)?;
     let threads = kiln_kernels::current_threads();
     if threads < 2 || !x.device().is_cpu() || x.dtype() != DType::F32 {
@@ -1045,7 +1046,7 @@ mod tests {
             .num_threads(3)
             .build()
             .unwrap();
-        let got = pool.install(|| forward_batch(&m, &x))?;
+        let got = pool.install(|| forward_spread(&m, &x))?;
         let diff = (got - &want)?
             .abs()?
             .flatten_all()?

@@ -23,6 +23,12 @@ pub trait ImageModel: Send + Sync {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
     /// Number of classifier outputs.
     fn num_classes(&self) -> usize;
+    /// [`ImageModel::forward`] for a whole batch with the threads of the current rayon pool
+    /// spread well over it; the same result. By default [`layers::forward_spread`]: on the CPU,
+    /// one image per thread (one image: the threads split each layer).
+    fn forward_batch(&self, x: &Tensor) -> Result<Tensor> {
+        layers::forward_spread(self, x)
+    }
 }
 
 /// Errors from building a model.

@@ -201,6 +201,9 @@ fn conv_bn(vb: &VarBuilder, n: usize, geom: ConvGeom) -> Result<ConvBn> {
 pub struct ResNet {
     stem: ConvBn,
     blocks: Vec<Block>,
+    /// Where [`ImageModel::forward_batch`] switches from one image per thread to the whole
+    /// batch per layer: `layer3`'s second block, the first on 14×14 maps at 224².
+    deep: usize,
     fc: Linear,
 }
 
@@ -232,7 +235,35 @@ impl ResNet {
             }
         }
         let fc = Linear::load(vb.pp("fc"), cfg.features())?;
-        Ok(Self { stem, blocks, fc })
+        let deep = (cfg.layers[0] + cfg.layers[1] + 1).min(blocks.len());
+        Ok(Self {
+            stem,
+            blocks,
+            deep,
+            fc,
+        })
+    }
+
+    /// Whether the channel-blocked CPU path runs for `x` (CPU, f32, no grouped convolution).
+    fn runs_blocked(&self, x: &Tensor) -> bool {
+        self.stem.runs_nhwc(x) && self.blocks.iter().all(|b| b.runs_nhwc(x))
+    }
+
+    /// The stem, the pooling and `blocks[..end]` on the channel-blocked path.
+    fn forward_shallow(&self, x: &Tensor, end: usize) -> Result<Tensor> {
+        let mut h = max_pool_3x3_s2_nhwc(&self.stem.forward_blocked_from_nchw(x)?)?;
+        for b in &self.blocks[..end] {
+            h = b.forward_blocked(&h)?;
+        }
+        Ok(h)
+    }
+
+    /// `blocks[start..]`, the pooling and the classifier on the channel-blocked path.
+    fn forward_deep(&self, mut h: Tensor, start: usize) -> Result<Tensor> {
+        for b in &self.blocks[start..] {
+            h = b.forward_blocked(&h)?;
+        }
+        self.fc.forward(&avg_pool_nhwc(&h)?)
     }
 }
 
@@ -251,14 +282,11 @@ fn max_pool_3x3_s2_p1(x: &Tensor) -> Result<Tensor> {
 
 impl ImageModel for ResNet {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.stem.runs_nhwc(x) && self.blocks.iter().all(|b| b.runs_nhwc(x)) {
+        if self.runs_blocked(x) {
             // CPU, f32, no grouped convolutions: channel-blocked (64-channel channels-last
             // planes) from the stem to the pooling.
-            let mut h = max_pool_3x3_s2_nhwc(&self.stem.forward_blocked_from_nchw(x)?)?;
-            for b in &self.blocks {
-                h = b.forward_blocked(&h)?;
-            }
-            return self.fc.forward(&avg_pool_nhwc(&h)?);
+            let h = self.forward_shallow(x, self.blocks.len())?;
+            return self.forward_deep(h, self.blocks.len());
         }
         let mut h = max_pool_3x3_s2_p1(&self.stem.forward(x)?)?;
         for b in &self.blocks {
@@ -269,6 +297,36 @@ impl ImageModel for ResNet {
 
     fn num_classes(&self) -> usize {
         self.fc.out_features()
+    }
+
+    /// Batches on the CPU: the early stages (large maps, few weights) one image per thread, as
+    /// [`crate::layers::forward_spread`]; from `layer3`'s second block on (small maps, 90% of
+    /// the weights) the whole batch through each layer, the threads splitting it, so that each
+    /// weight is read from memory once per batch instead of once per image.
+    fn forward_batch(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        if n < 2 || kiln_kernels::current_threads() < 2 || !self.runs_blocked(x) {
+            return crate::layers::forward_spread(self, x);
+        }
+        kiln_kernels::team(|| {
+            let heads: Vec<std::sync::Mutex<Option<Result<Tensor>>>> =
+                (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+            kiln_kernels::par_for(n, |i| {
+                let h =
+                    kiln_kernels::serial(|| self.forward_shallow(&x.narrow(0, i, 1)?, self.deep));
+                *heads[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+            });
+            let heads = heads
+                .into_iter()
+                .map(|m| {
+                    m.into_inner()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(|| Err(candle_core::Error::Msg("image not run".into())))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // Channel-blocked tensors are `[c / b, n, h, w, b]`: the images join on dim 1.
+            self.forward_deep(Tensor::cat(&heads, 1)?, self.deep)
+        })
     }
 }
 

@@ -163,7 +163,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, RuntimeError> {
 }
 
 fn forward_sync(model: &dyn ImageModel, x: &Tensor, dev: &Device) -> Result<(), RuntimeError> {
-    let y = kiln_models::layers::forward_batch(model, x)?;
+    let y = model.forward_batch(x)?;
     dev.synchronize()?;
     drop(y);
     Ok(())

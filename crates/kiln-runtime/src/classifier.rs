@@ -498,8 +498,8 @@ impl Classifier {
         .to_device(&self.device)?
         .to_dtype(self.dtype)?;
         tracing::debug!(input = ?x.dims(), "forward");
-        // On the CPU, spreads the images of the batch over the threads (see `forward_batch`).
-        let y = kiln_models::layers::forward_batch(self.model.as_ref(), &x)?;
+        // On the CPU, spreads the batch over the threads (see `ImageModel::forward_batch`).
+        let y = self.model.forward_batch(&x)?;
         tracing::debug!(output = ?y.dims(), "forward done");
         Ok(y.to_dtype(DType::F32)?
             .to_device(&Device::Cpu)?
