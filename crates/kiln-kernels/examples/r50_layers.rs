@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p kiln-kernels --example r50_layers [BATCH]`; environment:
 //! `BLOCKED=1` channel-blocked layout (what ResNet runs) instead of channels-last, `ONLY=i`
-//! one layer (for `perf record`), `REPS=n` timed repetitions, `KILN_WINOGRAD=0` direct 3×3.
+//! one layer (for `perf record`), `REPS=n` timed repetitions, `THREADS=n` (default 1), `COLD=1`
+//! weights and input from memory (320 MB read between runs), `KILN_WINOGRAD=0` direct 3×3.
 use kiln_kernels::{Activation, Conv2d, ConvShape};
 use std::time::Instant;
 
@@ -44,10 +45,20 @@ fn main() {
     ];
     let blocked = std::env::var("BLOCKED").is_ok();
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
+        .num_threads(
+            std::env::var("THREADS")
+                .ok()
+                .map_or(1, |v| v.parse().unwrap()),
+        )
         .build()
         .unwrap();
     let (mut total, mut macs_total) = (0.0, 0.0);
+    // COLD=1: read 320 MB between runs, so that weights and input come from memory.
+    let junk: Vec<f32> = if std::env::var("COLD").is_ok() {
+        vec![1.0; 80_000_000]
+    } else {
+        Vec::new()
+    };
     let only: Option<usize> = std::env::var("ONLY").ok().map(|v| v.parse().unwrap());
     let reps: usize = std::env::var("REPS")
         .ok()
@@ -83,6 +94,7 @@ fn main() {
                 });
             }
             for _ in 0..reps {
+                std::hint::black_box(junk.iter().sum::<f32>());
                 let t = Instant::now();
                 std::hint::black_box(if blocked {
                     conv.forward_blocked(&x, n, hw, hw, r.as_deref())

@@ -246,17 +246,26 @@ impl Pointwise {
                     out.add(px * self.cout + t * nr),
                 )
             };
+            let ahead = nr / 16;
             let mut px = 0;
             while px + MR <= npx {
                 let (xp, rp, op) = at(px);
-                tile_uniform::<MR, NV>(self, panel, bias, xp, st, rp, op, m);
+                // The next tile's panel into L2 during the first micro-tiles, a line per K
+                // step (see `run_tiles`).
+                let j = px / MR;
+                if t + 1 < self.tiles() && j < ahead {
+                    let pf = panel.add(self.cin * nr + j * self.cin * 16);
+                    tile_uniform::<MR, NV, true>(self, panel, bias, xp, st, rp, op, m, pf);
+                } else {
+                    tile_uniform::<MR, NV, false>(self, panel, bias, xp, st, rp, op, m, panel);
+                }
                 px += MR;
             }
             let (xp, rp, op) = at(px);
             macro_rules! rest {
                 ($($r:literal)*) => {
                     match npx - px {
-                        $($r if $r < MR => tile_uniform::<$r, NV>(self, panel, bias, xp, st, rp, op, m),)*
+                        $($r if $r < MR => tile_uniform::<$r, NV, false>(self, panel, bias, xp, st, rp, op, m, panel),)*
                         _ => {}
                     }
                 };
@@ -351,11 +360,27 @@ impl Pointwise {
                 for (ks, segs) in &kblocks {
                     let wp = panel.add(ks.start * nr);
                     let (first, last) = (ks.start == 0, ks.end == self.cin);
+                    // The weights that follow this block (the next block, or the next tile's
+                    // first) come into L2 while it computes, a line per K step of the first
+                    // micro-tiles: on small maps a block serves few micro-tiles and would
+                    // otherwise wait on memory.
+                    let next = wp.add(ks.len() * nr);
+                    let ahead = (kc * nr / 16).div_ceil(ks.len());
                     let mut px = c0;
                     while px + MR <= c1 {
                         let (rp, op) = at(px);
                         let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
-                        tile::<MR, NV>(self, wp, bias, xs, segs, first, last, rp, op, o.block, m);
+                        let j = (px - c0) / MR;
+                        if j < ahead {
+                            let pf = next.wrapping_add(j * ks.len() * 16);
+                            tile::<MR, NV, true>(
+                                self, wp, bias, xs, segs, first, last, rp, op, o.block, m, pf,
+                            );
+                        } else {
+                            tile::<MR, NV, false>(
+                                self, wp, bias, xs, segs, first, last, rp, op, o.block, m, wp,
+                            );
+                        }
                         px += MR;
                     }
                     let (rp, op) = at(px);
@@ -364,7 +389,7 @@ impl Pointwise {
                             match c1 - px {
                                 $($r if $r < MR => {
                                     let xs = std::array::from_fn(|r| x.wrapping_add(pixel_at(px + r)));
-                                    tile::<$r, NV>(self, wp, bias, xs, segs, first, last, rp, op, o.block, m)
+                                    tile::<$r, NV, false>(self, wp, bias, xs, segs, first, last, rp, op, o.block, m, wp)
                                 })*
                                 _ => {}
                             }
@@ -487,7 +512,7 @@ fn lane_mask(n: usize) -> u16 {
 #[inline]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_uniform<const R: usize, const NV: usize>(
+unsafe fn tile_uniform<const R: usize, const NV: usize, const PF: bool>(
     pw: &Pointwise,
     panel: *const f32,
     bias: *const f32,
@@ -496,6 +521,7 @@ unsafe fn tile_uniform<const R: usize, const NV: usize>(
     res: Option<*const f32>,
     out: *mut f32,
     m: [u16; NV],
+    pf: *const f32,
 ) {
     use std::arch::x86_64::*;
     let b: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(bias.add(16 * v)));
@@ -503,6 +529,9 @@ unsafe fn tile_uniform<const R: usize, const NV: usize>(
     for ci in 0..pw.cin {
         let w: [__m512; NV] =
             std::array::from_fn(|v| _mm512_loadu_ps(panel.add(ci * 16 * NV + 16 * v)));
+        if PF {
+            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(16 * ci) as *const i8);
+        }
         let xr = x.add(ci * st.channel);
         for (r, a) in acc.iter_mut().enumerate() {
             let xv = _mm512_set1_ps(*xr.add(r * st.pixel));
@@ -556,7 +585,7 @@ unsafe fn store_tile<const R: usize, const NV: usize>(
 #[inline]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize, const NV: usize>(
+unsafe fn tile<const R: usize, const NV: usize, const PF: bool>(
     pw: &Pointwise,
     mut wp: *const f32,
     bias: *const f32,
@@ -568,6 +597,7 @@ unsafe fn tile<const R: usize, const NV: usize>(
     out: *mut f32,
     ostride: usize,
     m: [u16; NV],
+    mut pf: *const f32,
 ) {
     use std::arch::x86_64::*;
     let mut acc: [[__m512; NV]; R] = std::array::from_fn(|r| {
@@ -584,6 +614,10 @@ unsafe fn tile<const R: usize, const NV: usize>(
         for ci in 0..len {
             let w: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(wp.add(16 * v)));
             wp = wp.add(16 * NV);
+            if PF {
+                _mm_prefetch::<_MM_HINT_T1>(pf as *const i8);
+                pf = pf.wrapping_add(16);
+            }
             for (a, p) in acc.iter_mut().zip(&xt) {
                 let x = _mm512_set1_ps(*p.add(ci));
                 for v in 0..NV {
