@@ -13,15 +13,18 @@ use crate::winograd::{self, Winograd};
 /// A padded copy's `(images, hp, wp, channels, top, left)`.
 type PadGeom = (usize, usize, usize, usize, usize, usize);
 
+/// Padded copies a thread keeps, one per geometry: a network's stages each have a few.
+const PADDED_KEPT: usize = 12;
+
 thread_local! {
-    /// The zero-bordered input copy and its geometry.
-    static PADDED: Cell<(Vec<f32>, PadGeom)> = const { Cell::new((Vec::new(), (0, 0, 0, 0, 0, 0))) };
+    /// Zero-bordered input copies by geometry, most recently used last.
+    static PADDED: Cell<Vec<(PadGeom, Vec<f32>)>> = const { Cell::new(Vec::new()) };
 }
 
 /// Runs `f` on `x` (`images` channels-last images of `c` channels, `h × w`) with a zero border
 /// `[top, bottom, left, right]` around each image — `x` itself when there is none, else a copy
-/// kept per thread: when the geometry repeats (every block of a stage), its border is still
-/// zero and only the interior is copied.
+/// kept per thread and geometry: from the second pass on its border is still zero and only the
+/// interior is copied, in parallel.
 fn with_padded<R>(
     x: &[f32],
     images: usize,
@@ -34,22 +37,35 @@ fn with_padded<R>(
         return f(x);
     }
     let (hp, wp) = (h + t + b, w + l + r);
-    let (mut padded, mut geom) = PADDED.with(|cell| cell.take());
     let want = (images, hp, wp, c, t, l);
-    if geom != want {
-        padded.clear();
-        padded.resize(images * hp * wp * c, 0.0);
-        geom = want;
-    }
-    for i in 0..images {
-        for y in 0..h {
+    let mut kept = PADDED.with(|cell| cell.take());
+    let mut padded = match kept.iter().position(|(g, _)| *g == want) {
+        Some(i) => kept.remove(i).1,
+        None => vec![0f32; images * hp * wp * c],
+    };
+    struct Dst(*mut f32);
+    // SAFETY: the tasks write disjoint rows.
+    unsafe impl Sync for Dst {}
+    let dst = Dst(padded.as_mut_ptr());
+    let rows = images * h;
+    let per = rows.div_ceil(crate::current_threads() * 2).max(1);
+    crate::par_for(rows.div_ceil(per), |task| {
+        let dst = &dst;
+        for row in task * per..((task + 1) * per).min(rows) {
+            let (i, y) = (row / h, row % h);
             let d = ((i * hp + y + t) * wp + l) * c;
-            let sy = (i * h + y) * w * c;
-            padded[d..d + w * c].copy_from_slice(&x[sy..sy + w * c]);
+            let src = &x[row * w * c..(row + 1) * w * c];
+            // SAFETY: row `y` of image `i` lies inside the padded copy (its size is that of
+            // the geometry), and only this task writes it.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0.add(d), w * c) };
         }
-    }
+    });
     let y = f(&padded);
-    PADDED.with(|cell| cell.set((padded, geom)));
+    kept.push((want, padded));
+    if kept.len() > PADDED_KEPT {
+        kept.remove(0);
+    }
+    PADDED.with(|cell| cell.set(kept));
     y
 }
 
