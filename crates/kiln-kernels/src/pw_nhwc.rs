@@ -429,7 +429,13 @@ impl KMap {
             let (t, ci) = (k / self.cin, k % self.cin);
             let (b, c) = (ci / self.block, ci % self.block);
             let len = (self.block - c).min(ks.end - k);
-            segs.push((self.taps[t] + b * self.plane + c, len));
+            let off = self.taps[t] + b * self.plane + c;
+            // Consecutive taps whose channels lie back to back in memory (a row of a
+            // few-channel stem's kernel) make one longer run.
+            match segs.last_mut() {
+                Some((o, l)) if *o + *l == off => *l += len,
+                _ => segs.push((off, len)),
+            }
             k += len;
         }
         segs
