@@ -137,7 +137,16 @@ impl Winograd {
             let (sv, sm) = (tiles * cin + SKEW, tiles * cout + SKEW);
             v.resize(16 * sv, 0.0);
             m.resize(16 * sm, 0.0);
-            transform_input(xp, &geo, cin, 0..tiles, &mut v, sv);
+            let parts = (2 * crate::current_threads()).min(tiles);
+            let per = tiles.div_ceil(parts);
+            let vp = OutPtr(v.as_mut_ptr());
+            crate::par_for(tiles.div_ceil(per), |c| {
+                let vp = &vp;
+                let ts = c * per..((c + 1) * per).min(tiles);
+                // SAFETY: `v` holds 16 matrices of `tiles` rows, `sv` apart; this task writes
+                // the rows of its own tiles.
+                unsafe { transform_input(xp, &geo, cin, ts, 0, vp.0, sv) };
+            });
             crate::par_chunks_mut(&mut m, sm, |xi, mx| {
                 self.gemms[xi].run(
                     &v[xi * sv..xi * sv + tiles * cin],
@@ -147,8 +156,12 @@ impl Winograd {
                     &mut mx[..tiles * cout],
                 )
             });
-            // SAFETY: all tiles, all output pixels; the pointer covers `out`.
-            unsafe { transform_output(&m, sm, &geo, cout, 0..tiles, bias, act, res, o.0) };
+            crate::par_for(tiles.div_ceil(per), |c| {
+                let o = &o;
+                let ts = c * per..((c + 1) * per).min(tiles);
+                // SAFETY: this task's tiles own their output pixels; the pointer covers `out`.
+                unsafe { transform_output(&m, sm, &geo, cout, ts, 0, bias, act, res, o.0) };
+            });
             SCRATCH.with(|s| s.set((v, m)));
             return out;
         }
@@ -173,7 +186,8 @@ impl Winograd {
             let (sv, sm) = (nt * cin + SKEW, nt * cout + SKEW);
             v.resize(16 * sv, 0.0);
             m.resize(16 * sm, 0.0);
-            transform_input(xp, &geo, cin, t0..t1, &mut v, sv);
+            // SAFETY: `v` holds 16 matrices of `nt` rows, `sv` apart.
+            unsafe { transform_input(xp, &geo, cin, t0..t1, t0, v.as_mut_ptr(), sv) };
             for (xi, g) in self.gemms.iter().enumerate() {
                 g.run(
                     &v[xi * sv..xi * sv + nt * cin],
@@ -184,7 +198,7 @@ impl Winograd {
                 );
             }
             // SAFETY: this chunk's tiles own their output pixels; the pointer covers `out`.
-            unsafe { transform_output(&m, sm, &geo, cout, t0..t1, bias, act, res, o.0) };
+            unsafe { transform_output(&m, sm, &geo, cout, t0..t1, t0, bias, act, res, o.0) };
             SCRATCH.with(|s| s.set((v, m)));
         });
         out
@@ -207,16 +221,6 @@ fn load16(src: &[f32], p: usize, cw: usize) -> [f32; 16] {
     }
 }
 
-/// The first `cw` of `v` into `dst[p..]`.
-#[inline(always)]
-fn store16(dst: &mut [f32], p: usize, cw: usize, v: &[f32; 16]) {
-    if cw == 16 {
-        dst[p..p + 16].copy_from_slice(v);
-    } else {
-        dst[p..p + cw].copy_from_slice(&v[..cw]);
-    }
-}
-
 /// Sizes shared by the transforms.
 struct Geometry {
     n: usize,
@@ -231,41 +235,51 @@ struct Geometry {
 }
 
 /// `V_ξ[t][ci]` for the tiles `ts`, `V = Bᵀ d B` with `Bᵀ = [1 0 -1 0; 0 1 1 0; 0 -1 1 0;
-/// 0 1 0 -1]`, `v` laid out `[16][ts.len()][cin]`.
-fn transform_input(
+/// 0 1 0 -1]`: `v` holds 16 matrices `sv` floats apart, tile `t` in row `t - row0`.
+///
+/// # Safety
+/// Rows `ts - row0` (`cin` floats each) of the 16 matrices must be writable and written by no
+/// one else during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_input(
     xp: &[f32],
     g: &Geometry,
     cin: usize,
     ts: std::ops::Range<usize>,
-    v: &mut [f32],
+    row0: usize,
+    v: *mut f32,
     sv: usize,
 ) {
+    let need = g.n * (cin / g.bi) * g.hp * g.wp * g.bi;
+    assert!(xp.len() >= need, "winograd: padded input too short");
     #[cfg(target_arch = "x86_64")]
     if crate::depthwise::Isa::detect() == crate::depthwise::Isa::Avx512 && g.bi.is_multiple_of(16) {
-        let need = (ts.end.max(1) - 1) / (g.th * g.tw) * g.hp * g.wp * g.bi;
-        assert!(xp.len() >= need && v.len() >= 15 * sv + ts.len() * cin);
-        // SAFETY: AVX-512F was detected; every 4×4 input block lies in the padded copy (its
-        // size was checked by the caller), every store in `v` (asserted).
-        return unsafe { transform_input_avx512(xp, g, cin, ts, v, sv) };
+        // SAFETY: AVX-512F was detected; every 4×4 input block lies in the padded copy
+        // (asserted), the stores are the caller's contract.
+        return unsafe { transform_input_avx512(xp, g, cin, ts, row0, v, sv) };
     }
-    transform_input_body(xp, g, cin, ts, v, sv)
+    // SAFETY: the caller's contract.
+    unsafe { transform_input_body(xp, g, cin, ts, row0, v, sv) }
 }
 
 /// [`transform_input`] 16 channels per vector (`bi` a multiple of 16).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn transform_input_avx512(
     xp: &[f32],
     g: &Geometry,
     cin: usize,
     ts: std::ops::Range<usize>,
-    v: &mut [f32],
+    row0: usize,
+    v: *mut f32,
     sv: usize,
 ) {
     use std::arch::x86_64::*;
     let plane = g.n * g.hp * g.wp * g.bi;
-    let (xp, v) = (xp.as_ptr(), v.as_mut_ptr());
-    for (k, t) in ts.enumerate() {
+    let xp = xp.as_ptr();
+    for t in ts {
+        let k = t - row0;
         let (i, q) = (t / (g.th * g.tw), t % (g.th * g.tw));
         let (ty, tx) = (q / g.tw, q % g.tw);
         for b in 0..cin / g.bi {
@@ -302,16 +316,19 @@ unsafe fn transform_input_avx512(
 }
 
 #[inline(always)]
-fn transform_input_body(
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_input_body(
     xp: &[f32],
     g: &Geometry,
     cin: usize,
     ts: std::ops::Range<usize>,
-    v: &mut [f32],
+    row0: usize,
+    v: *mut f32,
     sv: usize,
 ) {
     let plane = g.n * g.hp * g.wp * g.bi;
-    for (k, t) in ts.enumerate() {
+    for t in ts.clone() {
+        let k = t - row0;
         let (i, q) = (t / (g.th * g.tw), t % (g.th * g.tw));
         let (ty, tx) = (q / g.tw, q % g.tw);
         for b in 0..cin / g.bi {
@@ -342,7 +359,9 @@ fn transform_input_body(
                         vals[3][l] = row[1][l] - row[3][l];
                     }
                     for (s, val) in vals.iter().enumerate() {
-                        store16(v, (4 * r + s) * sv + k * cin + b * g.bi + c0, cw, val);
+                        let dst = (4 * r + s) * sv + k * cin + b * g.bi + c0;
+                        // SAFETY: row k of matrix 4r + s, the caller's contract.
+                        unsafe { std::ptr::copy_nonoverlapping(val.as_ptr(), v.add(dst), cw) };
                     }
                 }
             }
@@ -350,7 +369,8 @@ fn transform_input_body(
     }
 }
 
-/// The output pixels of the tiles `ts` from the products `m` (`[16][ts.len()][cout]`):
+/// The output pixels of the tiles `ts` from the products `m` (16 matrices `sm` apart, tile `t`
+/// in row `t - row0`):
 /// `Y = Aᵀ M A`, `Aᵀ = [1 1 1 0; 0 1 -1 -1]`, plus bias (and residual), activation.
 ///
 /// # Safety
@@ -362,6 +382,7 @@ unsafe fn transform_output(
     g: &Geometry,
     cout: usize,
     ts: std::ops::Range<usize>,
+    row0: usize,
     bias: &[f32],
     act: Activation,
     res: Option<&[f32]>,
@@ -372,13 +393,13 @@ unsafe fn transform_output(
         && cout.is_multiple_of(16)
         && g.bo.is_multiple_of(16)
     {
-        assert!(m.len() >= 15 * sm + ts.len() * cout && bias.len() >= cout);
+        assert!(m.len() >= 15 * sm + (ts.end - row0) * cout && bias.len() >= cout);
         // SAFETY: AVX-512F was detected; the products and bias are asserted, the output (and
         // the residual, laid out alike) are the caller's contract.
-        return unsafe { transform_output_avx512(m, sm, g, cout, ts, bias, act, res, out) };
+        return unsafe { transform_output_avx512(m, sm, g, cout, ts, row0, bias, act, res, out) };
     }
     // SAFETY: the caller's contract.
-    unsafe { transform_output_body(m, sm, g, cout, ts, bias, act, res, out) }
+    unsafe { transform_output_body(m, sm, g, cout, ts, row0, bias, act, res, out) }
 }
 
 /// [`transform_output`] 16 channels per vector (`cout` and `bo` multiples of 16).
@@ -391,6 +412,7 @@ unsafe fn transform_output_avx512(
     g: &Geometry,
     cout: usize,
     ts: std::ops::Range<usize>,
+    row0: usize,
     bias: &[f32],
     act: Activation,
     res: Option<&[f32]>,
@@ -401,7 +423,8 @@ unsafe fn transform_output_avx512(
     let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
     let npx = g.n * g.h * g.w;
     let m = m.as_ptr();
-    for (k, t) in ts.enumerate() {
+    for t in ts.clone() {
+        let k = t - row0;
         let (i, q) = (t / (g.th * g.tw), t % (g.th * g.tw));
         let (ty, tx) = (q / g.tw, q % g.tw);
         for c0 in (0..cout).step_by(16) {
@@ -453,6 +476,7 @@ unsafe fn transform_output_body(
     g: &Geometry,
     cout: usize,
     ts: std::ops::Range<usize>,
+    row0: usize,
     bias: &[f32],
     act: Activation,
     res: Option<&[f32]>,
@@ -460,7 +484,8 @@ unsafe fn transform_output_body(
 ) {
     let (lo, hi) = act.bounds();
     let npx = g.n * g.h * g.w;
-    for (k, t) in ts.enumerate() {
+    for t in ts.clone() {
+        let k = t - row0;
         let (i, q) = (t / (g.th * g.tw), t % (g.th * g.tw));
         let (ty, tx) = (q / g.tw, q % g.tw);
         for c0 in (0..cout).step_by(16) {
