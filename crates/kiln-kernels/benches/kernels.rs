@@ -1,8 +1,11 @@
 //! Benchmarks of the hot kernels at the shapes MobileNetV2 and ResNet-50 run them with (batch 1,
 //! 224×224 input): the channels-first reference kernels (`conv2d/*`), the channels-last
-//! convolutions the models run on the CPU (`conv2d_nhwc/*`) and MobileNetV2's fused blocks
-//! (`block/*`). Throughput is in multiply-adds. `cargo bench -p kiln-kernels --bench kernels`; set `RAYON_NUM_THREADS` to fix
-//! the thread count.
+//! convolutions (`conv2d_nhwc/*`, MobileNetV2's stem), the channel-blocked ones ResNet runs
+//! (`conv2d_blocked/*`; 3×3 stride-1 layers there take Winograd — run with
+//! `KILN_WINOGRAD=0` for the direct kernel) and MobileNetV2's fused blocks (`block/*`).
+//! Throughput is in the direct convolution's multiply-adds.
+//! `cargo bench -p kiln-kernels --bench kernels`; set `RAYON_NUM_THREADS` to fix the thread
+//! count.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kiln_kernels::{Activation, Conv2d, ConvShape, DwPadding, InvertedResidual};
@@ -92,7 +95,47 @@ fn convs(c: &mut Criterion) {
         });
     }
     g.finish();
+    // ResNet's layout, and the layers only ResNet has.
+    let mut g = c.benchmark_group("conv2d_blocked");
+    for &(name, cin, cout, kernel, stride, groups, pad, hw) in CASES.iter().chain(RESNET) {
+        if groups != 1 || !name.starts_with("r50") {
+            continue;
+        }
+        let shape = ConvShape {
+            cin,
+            cout,
+            kernel,
+            stride,
+            groups,
+            pad,
+        };
+        let conv = Conv2d::new(
+            shape,
+            &vals(cout * cin * kernel * kernel),
+            Some(&vals(cout)),
+            Activation::Relu,
+        );
+        let x = vals(cin * hw * hw);
+        let [_, _, oh, ow] = conv.out_dims(1, hw, hw);
+        g.throughput(Throughput::Elements(
+            (cout * oh * ow * cin * kernel * kernel) as u64,
+        ));
+        g.bench_function(name, |bch| {
+            bch.iter(|| black_box(conv.forward_blocked(black_box(&x), 1, hw, hw, None)))
+        });
+    }
+    g.finish();
 }
+
+/// More of ResNet-50's layers (same fields as [`CASES`]): Winograd at 28×28 and 14×14, the
+/// direct kernel at 7×7, a strided 3×3.
+#[allow(clippy::type_complexity)]
+const RESNET: &[(&str, usize, usize, usize, usize, usize, [usize; 4], usize)] = &[
+    ("r50_conv3x3_c128_28", 128, 128, 3, 1, 1, [1; 4], 28),
+    ("r50_conv3x3_c512_7", 512, 512, 3, 1, 1, [1; 4], 7),
+    ("r50_conv3x3_s2_c128_56", 128, 128, 3, 2, 1, [1; 4], 56),
+    ("r50_pw_2048to512_7", 2048, 512, 1, 1, 1, [0; 4], 7),
+];
 
 /// MobileNetV2's fused inverted residuals: (name, cin, expansion, cout, stride, input h = w).
 const BLOCKS: &[(&str, usize, usize, usize, usize, usize)] = &[

@@ -1,4 +1,5 @@
-//! kiln's CPU kernels for f32 convolutions, channels-first (NCHW) and channels-last (NHWC).
+//! kiln's CPU kernels for f32 convolutions: channels-first (NCHW), channels-last (NHWC) and
+//! channel-blocked.
 //!
 //! A kernel never knows which network it serves: [`Conv2d`] takes a geometry ([`ConvShape`]), a
 //! weight in PyTorch's `[cout, cin / groups, k, k]` layout, a bias and an [`Activation`], packs
@@ -7,8 +8,14 @@
 //! **Channels-last** (the fast path the model files take on the CPU):
 //! - [`Conv2d::forward_nhwc`]: dense convolutions as an implicit GEMM ([`Pointwise`]'s
 //!   micro-kernel): `6 px × 64 ch` or `12 × 32` output tiles accumulate over the kernel taps and
-//!   input channels straight from the input, the weight packed once per K block that stays in L1;
-//!   bias, residual and ReLU/ReLU6 applied in registers before the single store;
+//!   input channels straight from the input, the weight packed once per K block that stays in L1
+//!   (the next block prefetched into L2 while it computes); bias, residual and ReLU/ReLU6
+//!   applied in registers before the single store. 3×3 stride-1 convolutions on maps of 150
+//!   pixels or more take Winograd F(2×2, 3×3) instead (2.25× fewer multiply-adds, the same
+//!   micro-kernel for its 16 GEMMs);
+//! - [`Conv2d::forward_blocked`]: the same on a channel-blocked layout (every 64 channels a
+//!   channels-last tensor of their own, [`nchw_to_blocked`]), which ResNet runs on: each output
+//!   tile is one contiguous stream, which the prefetchers follow on maps larger than the L2;
 //! - [`InvertedResidual`]: a whole MobileNetV2 / MBConv block (1×1 expand, depthwise, 1×1
 //!   project, residual) fused over strips of rows, its expanded activations never leaving L2, the
 //!   depthwise kernel vectorised along channels.
