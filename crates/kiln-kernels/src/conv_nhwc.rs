@@ -1,8 +1,10 @@
-//! Dense convolutions on channels-last activations (`[n][h][w][c]`), as an implicit GEMM: each
-//! `12 pixels × 32 channels` output tile accumulates over the kernel's taps and the input
-//! channels straight from the (zero-bordered) input, with the weight packed once as
-//! `[tile][ky][kx][cin][32]`. No im2col matrix, no per-call packing, bias / residual /
-//! activation in registers: the CPU path of ResNet.
+//! Dense convolutions on channels-last (`[n][h][w][c]`) or channel-blocked
+//! (`[c/64][n][h][w][64]`) activations, as an implicit GEMM: each `6 pixels × 64 channels` (or
+//! `12 × 32`) output tile accumulates over the kernel's taps and the input channels straight
+//! from the (zero-bordered) input, with the weight packed once as `[tile][ky][kx][cin][64]`. No
+//! im2col matrix, no per-call packing, bias / residual / activation in registers; 3×3 stride-1
+//! convolutions on enough pixels go to [`crate::winograd`]. The CPU path of ResNet (and of the
+//! MobileNetV2 / EfficientNet-Lite stems).
 
 use std::cell::Cell;
 
@@ -83,8 +85,9 @@ unsafe impl Sync for SendPtr {}
 impl Conv2d {
     /// `act(conv(x) + bias (+ residual))` on channels-last data: `x` `[n, h, w, cin]`, the
     /// residual and the result `[n, oh, ow, cout]`. Dense (ungrouped, not depthwise)
-    /// convolutions; parallel with [`crate::par_for`]. Without AVX-512 it transposes around the
-    /// channels-first kernels.
+    /// convolutions; parallel with [`crate::par_for`]. 3×3 stride-1 convolutions with padding 1
+    /// on 150 output pixels or more take Winograd F(2×2, 3×3) (`KILN_WINOGRAD=0` turns it off).
+    /// Without AVX-512 the other convolutions transpose around the channels-first kernels.
     pub fn forward_nhwc(
         &self,
         x: &[f32],

@@ -2,16 +2,18 @@
 //! channels-last) data: each 2×2 block of output pixels comes from a 4×4 block of input through
 //! 16 products instead of 36, so the multiply-adds drop 2.25×.
 //!
-//! Per chunk of tiles (sized so that the transformed input and products stay in L2): the input
-//! transform `V = Bᵀ d B` (additions only), 16 GEMMs `M_ξ = V_ξ · U_ξ` on the 1×1 kernel
-//! ([`Pointwise`], weights `U = G g Gᵀ` transformed and packed once), and the output transform
-//! `Y = Aᵀ M A` with bias, residual and activation before the only store. The transforms'
-//! coefficients are 0, ±1 and ±½, so the rounding stays that of a direct convolution's order of
-//! magnitude (the parity tests hold it to the same tolerance).
+//! The input transform `V = Bᵀ d B` (additions only), 16 GEMMs `M_ξ = V_ξ · U_ξ` on the 1×1
+//! kernel ([`Pointwise`], weights `U = G g Gᵀ` transformed and packed once), and the output
+//! transform `Y = Aᵀ M A` with bias, residual and activation before the only store. With small
+//! transformed weights this runs per chunk of tiles sized so that `V` and `M` stay in L2, a
+//! chunk per thread; with large ones (over 1 MiB: deep layers, small maps) on all tiles at
+//! once, the threads splitting the 16 GEMMs, so that each weight streams from memory once. The
+//! transforms' coefficients are 0, ±1 and ±½, so the rounding stays that of a direct
+//! convolution's order of magnitude (the parity tests hold it to the same tolerance).
 //!
-//! Worth it where the activations dominate the work (ResNet's 56×56 to 14×14 stages); on 7×7
-//! maps the transformed weights (16/9 of the original) would be streamed for a handful of
-//! tiles, so the direct kernel keeps those.
+//! Worth it where the activations dominate the work (ResNet's 56×56 to 14×14 stages, and 7×7
+//! for a batch); for one image's 7×7 map the transformed weights (16/9 of the original) would
+//! stream from memory for a handful of tiles, so below [`MIN_PIXELS`] the direct kernel runs.
 
 use std::cell::Cell;
 
