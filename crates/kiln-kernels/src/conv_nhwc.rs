@@ -349,7 +349,8 @@ mod tests {
     use crate::{Activation, ConvShape};
 
     /// Against the channels-first kernels, on ResNet's shapes (7×7/2 stem, 3×3 stride 1 and 2,
-    /// 1×1 stride 1 and 2, residual), ragged channel and pixel counts, 1 to 3 threads.
+    /// 1×1 stride 1 and 2, residual), ragged channel and pixel counts, both layouts, 1 to 3
+    /// threads.
     #[test]
     fn matches_channels_first() {
         let cases = [
@@ -365,6 +366,8 @@ mod tests {
             (192, 128, 1, 2, 0, 10, 9, false),
             (3, 64, 7, 2, 3, 20, 19, false),
             (64, 48, 3, 1, 1, 6, 5, true),
+            (128, 64, 3, 2, 1, 13, 10, true),
+            (64, 128, 3, 2, 1, 8, 9, false),
         ];
         for (cin, cout, k, st, p, h, w, with_res) in cases {
             let s = ConvShape {
