@@ -339,8 +339,12 @@ impl Pointwise {
         // through the pixels in chunks whose input stays in L2 while every tile and K block
         // passes over it; otherwise (small maps, big weights) each weight block passes once.
         let group_w = tiles.len() * self.cin * nr * 4;
-        let chunk = if group_w <= GROUP_BYTES && npx * self.cin * 4 > 2 * CHUNK_BYTES {
-            (CHUNK_BYTES / (self.cin * 4)).max(1).next_multiple_of(MR)
+        // A chunk holds at least as much input as the task's weights, which it reads again
+        // from L2: with big weights (deep layers, a batch) small chunks would re-read them
+        // more than they save.
+        let cb = CHUNK_BYTES.max(group_w);
+        let chunk = if group_w <= GROUP_BYTES && npx * self.cin * 4 > 2 * cb {
+            (cb / (self.cin * 4)).max(1).next_multiple_of(MR)
         } else {
             npx
         };
