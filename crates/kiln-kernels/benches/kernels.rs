@@ -19,8 +19,18 @@ fn vals(len: usize) -> Vec<f32> {
 }
 
 /// (name, cin, cout, kernel, stride, groups, pad, input h = w)
-#[allow(clippy::type_complexity)]
-const CASES: &[(&str, usize, usize, usize, usize, usize, [usize; 4], usize)] = &[
+type Case = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    [usize; 4],
+    usize,
+);
+
+const CASES: &[Case] = &[
     ("mbv2_dw3x3_s1_c144_56", 144, 144, 3, 1, 144, [1; 4], 56),
     ("mbv2_dw3x3_s2_c144_56", 144, 144, 3, 2, 144, [1; 4], 56),
     (
@@ -65,12 +75,27 @@ fn convs(c: &mut Criterion) {
         });
     }
     g.finish();
-    // The dense ones again, channels-last (the layout the models run on the CPU).
-    let mut g = c.benchmark_group("conv2d_nhwc");
-    for &(name, cin, cout, kernel, stride, groups, pad, hw) in CASES {
-        if groups != 1 {
-            continue;
-        }
+    // The dense ones again, channels-last (MobileNetV2's stem), and channel-blocked with the
+    // layers only ResNet has (ResNet's layout).
+    let dense = CASES.iter().filter(|c| c.5 == 1);
+    dense_group(c, "conv2d_nhwc", dense.clone(), |conv, x, hw| {
+        conv.forward_nhwc(x, 1, hw, hw, None)
+    });
+    let resnet = dense.chain(RESNET).filter(|c| c.0.starts_with("r50"));
+    dense_group(c, "conv2d_blocked", resnet, |conv, x, hw| {
+        conv.forward_blocked(x, 1, hw, hw, None)
+    });
+}
+
+/// A benchmark group of dense convolutions (batch 1, ReLU) run by `run(conv, x, hw)`.
+fn dense_group<'a>(
+    c: &mut Criterion,
+    group: &str,
+    cases: impl Iterator<Item = &'a Case>,
+    run: impl Fn(&Conv2d, &[f32], usize) -> Vec<f32>,
+) {
+    let mut g = c.benchmark_group(group);
+    for &(name, cin, cout, kernel, stride, groups, pad, hw) in cases {
         let shape = ConvShape {
             cin,
             cout,
@@ -91,37 +116,7 @@ fn convs(c: &mut Criterion) {
             (cout * oh * ow * cin * kernel * kernel) as u64,
         ));
         g.bench_function(name, |bch| {
-            bch.iter(|| black_box(conv.forward_nhwc(black_box(&x), 1, hw, hw, None)))
-        });
-    }
-    g.finish();
-    // ResNet's layout, and the layers only ResNet has.
-    let mut g = c.benchmark_group("conv2d_blocked");
-    for &(name, cin, cout, kernel, stride, groups, pad, hw) in CASES.iter().chain(RESNET) {
-        if groups != 1 || !name.starts_with("r50") {
-            continue;
-        }
-        let shape = ConvShape {
-            cin,
-            cout,
-            kernel,
-            stride,
-            groups,
-            pad,
-        };
-        let conv = Conv2d::new(
-            shape,
-            &vals(cout * cin * kernel * kernel),
-            Some(&vals(cout)),
-            Activation::Relu,
-        );
-        let x = vals(cin * hw * hw);
-        let [_, _, oh, ow] = conv.out_dims(1, hw, hw);
-        g.throughput(Throughput::Elements(
-            (cout * oh * ow * cin * kernel * kernel) as u64,
-        ));
-        g.bench_function(name, |bch| {
-            bch.iter(|| black_box(conv.forward_blocked(black_box(&x), 1, hw, hw, None)))
+            bch.iter(|| black_box(run(&conv, black_box(&x), hw)))
         });
     }
     g.finish();
@@ -129,8 +124,7 @@ fn convs(c: &mut Criterion) {
 
 /// More of ResNet-50's layers (same fields as [`CASES`]): Winograd at 28×28 and 14×14, the
 /// direct kernel at 7×7, a strided 3×3.
-#[allow(clippy::type_complexity)]
-const RESNET: &[(&str, usize, usize, usize, usize, usize, [usize; 4], usize)] = &[
+const RESNET: &[Case] = &[
     ("r50_conv3x3_c128_28", 128, 128, 3, 1, 1, [1; 4], 28),
     ("r50_conv3x3_c512_7", 512, 512, 3, 1, 1, [1; 4], 7),
     ("r50_conv3x3_s2_c128_56", 128, 128, 3, 2, 1, [1; 4], 56),

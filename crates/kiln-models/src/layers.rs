@@ -247,18 +247,7 @@ impl ConvBn {
     /// (residual and result `[n, oh, ow, cout]`), on kiln's CPU kernels. Needs
     /// [`ConvBn::runs_nhwc`].
     pub fn forward_nhwc(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let Some(k) = self.packed.as_deref().filter(|_| self.runs_nhwc(x)) else {
-            candle_core::bail!("channels-last convolutions run on the CPU in f32, ungrouped")
-        };
-        let op = KernelConv {
-            conv: k,
-            layout: ConvLayout::Last,
-        };
-        let x = x.contiguous()?;
-        match residual {
-            None => x.apply_op1_no_bwd(&op),
-            Some(r) => x.apply_op2_no_bwd(&r.contiguous()?, &op),
-        }
+        self.forward_kernel(x, residual, ConvLayout::Last)
     }
 
     /// The same on kiln's channel-blocked layout, `[c / b, n, h, w, b]` with `b =`
@@ -266,13 +255,20 @@ impl ConvBn {
     /// own; plain channels-last, with a leading 1, when 64 does not divide `c`): input, residual
     /// and result. Needs [`ConvBn::runs_nhwc`].
     pub fn forward_blocked(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        let Some(k) = self.packed.as_deref().filter(|_| self.runs_nhwc(x)) else {
-            candle_core::bail!("channel-blocked convolutions run on the CPU in f32, ungrouped")
+        self.forward_kernel(x, residual, ConvLayout::Blocked)
+    }
+
+    /// The kernel op in a layout that only the CPU kernels have.
+    fn forward_kernel(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        layout: ConvLayout,
+    ) -> Result<Tensor> {
+        let Some(conv) = self.packed.as_deref().filter(|_| self.runs_nhwc(x)) else {
+            candle_core::bail!("{layout:?} convolutions run on the CPU in f32, ungrouped")
         };
-        let op = KernelConv {
-            conv: k,
-            layout: ConvLayout::Blocked,
-        };
+        let op = KernelConv { conv, layout };
         let x = x.contiguous()?;
         match residual {
             None => x.apply_op1_no_bwd(&op),
