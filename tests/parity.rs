@@ -337,6 +337,56 @@ fn resnet_batches_on_any_thread_count() {
     }
 }
 
+/// A batch larger than the thread count: ResNet's later stages then run groups of several
+/// images per thread. Five images (the fixture's two, repeated) on two threads match PyTorch's
+/// logits for each.
+#[test]
+fn resnet_batch_in_groups_matches_torch() {
+    let name = "resnet50";
+    let m = read_manifest(name);
+    let torch = read_torch_logits(name);
+    let file = TempFile::new("resnet50-groups");
+    write_weights(&m, &file.0);
+    let classifier = Classifier::builder()
+        .weights(&file.0)
+        .build()
+        .expect("resnet50");
+    let input = m
+        .inputs
+        .iter()
+        .find(|i| i.shape[2..] == [224, 224])
+        .expect("a 224x224 input");
+    let (c, h, w) = (input.shape[1], input.shape[2], input.shape[3]);
+    let values = input.values();
+    let images: Vec<ImageTensor> = values
+        .chunks_exact(c * h * w)
+        .map(|d| ImageTensor {
+            data: d.to_vec(),
+            shape: [c, h, w],
+        })
+        .collect();
+    let order = [0, 1, 0, 1, 0];
+    let batch: Vec<ImageTensor> = order.iter().map(|&i| images[i].clone()).collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("pool");
+    let logits = pool.install(|| classifier.logits(&batch)).expect("forward");
+    let (shape, want) = &torch["224x224"];
+    let classes = shape[1];
+    let want: Vec<f32> = order
+        .iter()
+        .flat_map(|&i| want[i * classes..(i + 1) * classes].to_vec())
+        .collect();
+    let mut agreement = Agreement::default();
+    agreement.compare("224x224 x5", &logits, &(vec![order.len(), classes], want));
+    assert!(
+        agreement.failures.is_empty(),
+        "{}",
+        agreement.failures.join("\n  ")
+    );
+}
+
 /// A fine-tuned head of another width loads: the class count comes from `fc.weight`.
 #[test]
 fn resnet18_ten_class_head() {

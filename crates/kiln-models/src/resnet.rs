@@ -201,8 +201,8 @@ fn conv_bn(vb: &VarBuilder, n: usize, geom: ConvGeom) -> Result<ConvBn> {
 pub struct ResNet {
     stem: ConvBn,
     blocks: Vec<Block>,
-    /// Where [`ImageModel::forward_batch`] switches from one image per thread to the whole
-    /// batch per layer: `layer3`'s second block, the first on 14×14 maps at 224².
+    /// Where [`ImageModel::forward_batch`] switches from one image per thread to a group of
+    /// images per thread: `layer3`'s second block, the first on 14×14 maps at 224².
     deep: usize,
     fc: Linear,
 }
@@ -301,33 +301,45 @@ impl ImageModel for ResNet {
 
     /// Batches on the CPU: the early stages (large maps, few weights) one image per thread, as
     /// [`crate::layers::forward_spread`]; from `layer3`'s second block on (small maps, 90% of
-    /// the weights) the whole batch through each layer, the threads splitting it, so that each
-    /// weight is read from memory once per batch instead of once per image.
+    /// the weights) the images in one group per thread, each group through every layer
+    /// together, so that those weights are read from memory once per group instead of once per
+    /// image.
     fn forward_batch(&self, x: &Tensor) -> Result<Tensor> {
         let n = x.dim(0)?;
-        if n < 2 || kiln_kernels::current_threads() < 2 || !self.runs_blocked(x) {
+        let threads = kiln_kernels::current_threads();
+        if n < 2 || threads < 2 || !self.runs_blocked(x) {
             return crate::layers::forward_spread(self, x);
         }
         kiln_kernels::team(|| {
-            let heads: Vec<std::sync::Mutex<Option<Result<Tensor>>>> =
-                (0..n).map(|_| std::sync::Mutex::new(None)).collect();
-            kiln_kernels::par_for(n, |i| {
-                let h =
-                    kiln_kernels::serial(|| self.forward_shallow(&x.narrow(0, i, 1)?, self.deep));
-                *heads[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
-            });
-            let heads = heads
-                .into_iter()
-                .map(|m| {
-                    m.into_inner()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .unwrap_or_else(|| Err(candle_core::Error::Msg("image not run".into())))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            // Channel-blocked tensors are `[c / b, n, h, w, b]`: the images join on dim 1.
-            self.forward_deep(Tensor::cat(&heads, 1)?, self.deep)
+            let heads = run_each(n, |i| self.forward_shallow(&x.narrow(0, i, 1)?, self.deep))?;
+            let per = n.div_ceil(threads.min(n));
+            let logits = run_each(n.div_ceil(per), |g| {
+                // Channel-blocked tensors are `[c / b, n, h, w, b]`: images join on dim 1.
+                let group = &heads[g * per..((g + 1) * per).min(n)];
+                self.forward_deep(Tensor::cat(group, 1)?, self.deep)
+            })?;
+            Tensor::cat(&logits, 0)
         })
     }
+}
+
+/// `f(0..count)`, the calls spread over the current team's threads, each computed with serial
+/// kernels ([`kiln_kernels::serial`]); the results in order, or the first error.
+fn run_each(count: usize, f: impl Fn(usize) -> Result<Tensor> + Sync) -> Result<Vec<Tensor>> {
+    let slots: Vec<std::sync::Mutex<Option<Result<Tensor>>>> =
+        (0..count).map(|_| std::sync::Mutex::new(None)).collect();
+    kiln_kernels::par_for(count, |i| {
+        let r = kiln_kernels::serial(|| f(i));
+        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| Err(candle_core::Error::Msg("task not run".into())))
+        })
+        .collect()
 }
 
 #[cfg(test)]
