@@ -175,21 +175,11 @@ impl Conv2d {
         }
         let pw = self.nhwc_packed();
         if !pw.is_packed() {
-            let to_first = |v: &[f32], c: usize, hw: usize, b: usize| {
-                if b == c {
-                    crate::nhwc_to_nchw(v, n, c, hw)
-                } else {
-                    crate::blocked_to_nchw(v, n, c, hw)
-                }
-            };
-            let xc = to_first(x, cin, h * w, bi);
-            let rc = res.map(|r| to_first(r, cout, oh * ow, bo));
+            use crate::transpose::relayout;
+            let xc = relayout(x, n, cin, h * w, bi, false);
+            let rc = res.map(|r| relayout(r, n, cout, oh * ow, bo, false));
             let y = self.forward(&xc, n, h, w, rc.as_deref());
-            return if bo == cout {
-                crate::nchw_to_nhwc(&y, n, cout, oh * ow)
-            } else {
-                crate::nchw_to_blocked(&y, n, cout, oh * ow)
-            };
+            return relayout(&y, n, cout, oh * ow, bo, true);
         }
         let [t, b, l, r] = s.pad;
         let (hp, wp) = (h + t + b, w + l + r);

@@ -59,13 +59,11 @@ unsafe fn transpose_to(src: &[f32], ss: usize, rows: usize, cols: usize, dst: *m
 
 /// `[n][c][hw]` → `[n][hw][c]`, in parallel over pixel ranges ([`crate::par_for`]).
 pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
-    assert_eq!(x.len(), n * c * hw, "nchw_to_nhwc: size");
     relayout(x, n, c, hw, c, true)
 }
 
 /// `[n][hw][c]` → `[n][c][hw]`, as [`nchw_to_nhwc`].
 pub fn nhwc_to_nchw(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
-    assert_eq!(x.len(), n * c * hw, "nhwc_to_nchw: size");
     relayout(x, n, c, hw, c, false)
 }
 
@@ -82,18 +80,29 @@ pub fn channel_block(c: usize) -> usize {
 /// `[n][c][hw]` → the channel-blocked layout `[c / b][n][hw][b]`, `b = channel_block(c)`:
 /// every block of channels is a channels-last tensor of its own, its pixels contiguous.
 pub fn nchw_to_blocked(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
-    assert_eq!(x.len(), n * c * hw, "nchw_to_blocked: size");
     relayout(x, n, c, hw, channel_block(c), true)
 }
 
 /// The channel-blocked layout (see [`nchw_to_blocked`]) → `[n][c][hw]`.
 pub fn blocked_to_nchw(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
-    assert_eq!(x.len(), n * c * hw, "blocked_to_nchw: size");
     relayout(x, n, c, hw, channel_block(c), false)
 }
 
-/// Between `[n][c][hw]` and `[c / block][n][hw][block]` (channels-last when `block = c`).
-fn relayout(x: &[f32], n: usize, c: usize, hw: usize, block: usize, to_blocked: bool) -> Vec<f32> {
+/// Between `[n][c][hw]` and `[c / block][n][hw][block]` (channels-last when `block = c`), in
+/// parallel over pixel ranges; `block` divides `c`.
+pub(crate) fn relayout(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    block: usize,
+    to_blocked: bool,
+) -> Vec<f32> {
+    assert_eq!(x.len(), n * c * hw, "relayout: size");
+    assert!(
+        block > 0 && c.is_multiple_of(block) || c == 0,
+        "relayout: block"
+    );
     let mut y: Vec<f32> = Vec::with_capacity(x.len());
     // SAFETY: the transposes below write every element before anything reads it; f32 has no
     // invalid bit patterns.
