@@ -22,7 +22,7 @@ use candle_nn::VarBuilder;
 
 use crate::layers::{Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear, MobileTrunk};
 use crate::mobilenet_v2::make_divisible;
-use crate::ImageModel;
+use crate::{Features, ImageModel};
 
 /// TensorFlow's batch-norm epsilon for EfficientNet.
 const BN_EPS: f64 = 1e-3;
@@ -241,6 +241,18 @@ impl ImageModel for EfficientNetLite {
 
     fn num_classes(&self) -> usize {
         self.classifier.out_features()
+    }
+
+    fn forward_features(&self, x: &Tensor) -> Result<Features> {
+        let (pooled, maps) = self.trunk.forward_maps(x)?;
+        Ok(Features {
+            logits: self.classifier.forward(&pooled)?,
+            maps,
+        })
+    }
+
+    fn classifier(&self) -> &Linear {
+        &self.classifier
     }
 }
 

@@ -732,6 +732,30 @@ impl MobileTrunk {
         global_avg_pool(&self.head.forward(&h)?)
     }
 
+    /// Images `[n, c, h, w]` → `(pooled features [n, head channels], the head's activations
+    /// before pooling [n, head channels, oh, ow])`. The pooled features are those of
+    /// [`MobileTrunk::forward`], bit for bit: on the CPU the same 1×1 kernel and the same
+    /// pooling run, only not fused.
+    pub fn forward_maps(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let x = self.stem_input(x)?;
+        if let Some(head) = &self.head_cl {
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                let mut h = self.stem.forward_channels_last(&x)?;
+                for b in &self.blocks {
+                    h = b.forward_nhwc(&h)?;
+                }
+                let maps = h.contiguous()?.apply_op1_no_bwd(&HeadMapOp(head))?;
+                return Ok((avg_pool_nhwc(&maps)?, to_channels_first(&maps)?));
+            }
+        }
+        let mut h = self.stem.forward(&x)?;
+        for b in &self.blocks {
+            h = b.forward(&h)?;
+        }
+        let maps = self.head.forward(&h)?;
+        Ok((global_avg_pool(&maps)?, maps))
+    }
+
     /// The input with TensorFlow's stride-2 "SAME" padding applied, where the stem has it.
     fn stem_input(&self, x: &Tensor) -> Result<Tensor> {
         if self.stem_tf_same {
@@ -775,6 +799,24 @@ impl CustomOp1 for HeadOp<'_> {
     }
 }
 
+/// [`HeadOp`] without the pooling: `[n, h, w, cin]` → `[n, h, w, cout]`, for
+/// [`MobileTrunk::forward_maps`].
+struct HeadMapOp<'a>(&'a kiln_kernels::Pointwise);
+
+impl CustomOp1 for HeadMapOp<'_> {
+    fn name(&self) -> &'static str {
+        "kiln-pointwise-nhwc-maps"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = l.shape().dims4()?;
+        if c != self.0.cin() {
+            candle_core::bail!("1×1 conv expects {} input channels, got {c}", self.0.cin())
+        }
+        let y = self.0.forward(contiguous_f32(s, l, "input")?, n * h * w);
+        Ok((CpuStorage::F32(y), Shape::from((n, h, w, self.0.cout()))))
+    }
+}
+
 /// A fully connected classifier head, `y = x W^T + b`.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -798,7 +840,12 @@ impl Linear {
         }
         let w = w.to_dtype(vb.dtype())?;
         let bias = vb.get(out, "bias")?;
-        let weight_t = w.t()?.contiguous()?;
+        Self::new(&w, bias)
+    }
+
+    /// A layer from its weight `[out, in]` and bias `[out]`.
+    pub fn new(weight: &Tensor, bias: Tensor) -> Result<Self> {
+        let weight_t = weight.t()?.contiguous()?;
         let cpu = if weight_t.device().is_cpu() && weight_t.dtype() == DType::F32 {
             Some(Arc::new((
                 weight_t.flatten_all()?.to_vec1::<f32>()?,
@@ -817,6 +864,16 @@ impl Linear {
     /// Number of outputs.
     pub fn out_features(&self) -> usize {
         self.weight_t.dim(1).unwrap_or(0)
+    }
+
+    /// The weight, `[out, in]`: row `c` holds class `c`'s weight on each pooled feature.
+    pub fn weight(&self) -> Result<Tensor> {
+        self.weight_t.t()
+    }
+
+    /// The bias, `[out]`.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
     }
 
     /// Applies the layer to `[n, in]`.
@@ -882,6 +939,35 @@ pub fn forward_spread<M: crate::ImageModel + ?Sized>(model: &M, x: &Tensor) -> R
         .map(|i| kiln_kernels::serial(|| model.forward(&x.narrow(0, i, 1)?)))
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&outs, 0)
+}
+
+/// [`forward_spread`] for [`crate::ImageModel::forward_features`] (the default
+/// [`crate::ImageModel::forward_features_batch`]): one image per thread on the CPU, the results
+/// joined along the batch.
+pub fn features_spread<M: crate::ImageModel + ?Sized>(
+    model: &M,
+    x: &Tensor,
+) -> Result<crate::Features> {
+    let n = x.dim(0)?;
+    let threads = kiln_kernels::current_threads();
+    if threads < 2 || !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return model.forward_features(x);
+    }
+    if n < 2 {
+        return kiln_kernels::team(|| model.forward_features(x));
+    }
+    use rayon::prelude::*;
+    let outs = (0..n)
+        .into_par_iter()
+        .with_max_len(1)
+        .map(|i| kiln_kernels::serial(|| model.forward_features(&x.narrow(0, i, 1)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let logits: Vec<Tensor> = outs.iter().map(|f| f.logits.clone()).collect();
+    let maps: Vec<Tensor> = outs.into_iter().map(|f| f.maps).collect();
+    Ok(crate::Features {
+        logits: Tensor::cat(&logits, 0)?,
+        maps: Tensor::cat(&maps, 0)?,
+    })
 }
 
 /// Global average pooling `[n, c, h, w] -> [n, c]`.
@@ -1007,15 +1093,24 @@ mod tests {
         Ok(())
     }
 
-    struct Tiny(ConvBn, ConvBn);
+    struct Tiny(ConvBn, ConvBn, Linear);
 
     impl crate::ImageModel for Tiny {
         fn forward(&self, x: &Tensor) -> Result<Tensor> {
-            let h = self.1.forward(&self.0.forward(x)?)?;
-            global_avg_pool(&h)
+            Ok(self.forward_features(x)?.logits)
         }
         fn num_classes(&self) -> usize {
-            8
+            self.2.out_features()
+        }
+        fn forward_features(&self, x: &Tensor) -> Result<crate::Features> {
+            let maps = self.1.forward(&self.0.forward(x)?)?;
+            Ok(crate::Features {
+                logits: self.2.forward(&global_avg_pool(&maps)?)?,
+                maps,
+            })
+        }
+        fn classifier(&self) -> &Linear {
+            &self.2
         }
     }
 
@@ -1035,20 +1130,27 @@ mod tests {
         let m = Tiny(
             conv(ConvGeom::same_torch(3, 8, 3, 2, 1))?,
             conv(ConvGeom::same_torch(8, 8, 3, 1, 8))?,
+            Linear::new(
+                &Tensor::randn(0f32, 0.3, (6, 8), &dev)?,
+                Tensor::randn(0f32, 0.3, 6, &dev)?,
+            )?,
         );
         let x = Tensor::randn(0f32, 1.0, (5, 3, 20, 20), &dev)?;
-        let want = crate::ImageModel::forward(&m, &x)?;
+        let want = crate::ImageModel::forward_features(&m, &x)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
             .unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+        };
         let got = pool.install(|| forward_spread(&m, &x))?;
-        let diff = (got - &want)?
-            .abs()?
-            .flatten_all()?
-            .max(0)?
-            .to_scalar::<f32>()?;
+        let diff = max_diff(&got, &want.logits)?;
         assert!(diff < 1e-5, "max diff {diff}");
+        let got = pool.install(|| features_spread(&m, &x))?;
+        assert_eq!(got.maps.dims(), &[5, 8, 10, 10]);
+        let diff = max_diff(&got.logits, &want.logits)?.max(max_diff(&got.maps, &want.maps)?);
+        assert!(diff < 1e-5, "features: max diff {diff}");
         Ok(())
     }
 }

@@ -17,7 +17,22 @@ pub use registry::{build, find, ArchEntry, ArchParams, ARCHITECTURES};
 
 use candle_core::{Result, Tensor};
 
+/// What [`ImageModel::forward_features`] returns for a batch: the logits and the feature maps
+/// they were computed from, by the same forward pass.
+#[derive(Debug, Clone)]
+pub struct Features {
+    /// `[n, num_classes]`, identical to what [`ImageModel::forward`] gives.
+    pub logits: Tensor,
+    /// The last convolutional feature maps after their activation, `[n, c, h, w]`: their global
+    /// average, through [`ImageModel::classifier`], is `logits`.
+    pub maps: Tensor,
+}
+
 /// A loaded classifier network: images in, logits out. Inference only.
+///
+/// Every architecture ends in global average pooling and one linear layer; the two methods that
+/// expose that ([`ImageModel::forward_features`], [`ImageModel::classifier`]) are what class
+/// activation maps are made of.
 pub trait ImageModel: Send + Sync {
     /// Maps a batch `[n, 3, h, w]` (NCHW, already normalised) to logits `[n, num_classes]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
@@ -28,6 +43,17 @@ pub trait ImageModel: Send + Sync {
     /// one image per thread (one image: the threads split each layer).
     fn forward_batch(&self, x: &Tensor) -> Result<Tensor> {
         layers::forward_spread(self, x)
+    }
+    /// The logits and the pre-pooling feature maps of a batch `[n, 3, h, w]`, from one pass.
+    /// [`ImageModel::forward`] stays the fast path: there, on the CPU, the pooling is fused
+    /// into the last convolution and the maps never exist as a whole.
+    fn forward_features(&self, x: &Tensor) -> Result<Features>;
+    /// The final linear layer, applied to the pooled [`Features::maps`].
+    fn classifier(&self) -> &layers::Linear;
+    /// [`ImageModel::forward_features`] with the threads of the current rayon pool spread over
+    /// the batch, as [`ImageModel::forward_batch`]; the same result.
+    fn forward_features_batch(&self, x: &Tensor) -> Result<Features> {
+        layers::features_spread(self, x)
     }
 }
 

@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::layers::{Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear, MobileTrunk};
-use crate::ImageModel;
+use crate::{Features, ImageModel};
 
 /// torchvision's batch-norm epsilon for MobileNetV2.
 const BN_EPS: f64 = 1e-5;
@@ -136,6 +136,18 @@ impl ImageModel for MobileNetV2 {
 
     fn num_classes(&self) -> usize {
         self.classifier.out_features()
+    }
+
+    fn forward_features(&self, x: &Tensor) -> Result<Features> {
+        let (pooled, maps) = self.trunk.forward_maps(x)?;
+        Ok(Features {
+            logits: self.classifier.forward(&pooled)?,
+            maps,
+        })
+    }
+
+    fn classifier(&self) -> &Linear {
+        &self.classifier
     }
 }
 

@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 use crate::layers::{
     avg_pool_nhwc, global_avg_pool, max_pool_3x3_s2_nhwc, Act, ConvBn, ConvGeom, Linear,
 };
-use crate::ImageModel;
+use crate::{Features, ImageModel};
 
 /// torchvision's batch-norm epsilon (`nn.BatchNorm2d` default).
 const BN_EPS: f64 = 1e-5;
@@ -299,6 +299,29 @@ impl ImageModel for ResNet {
         self.fc.out_features()
     }
 
+    fn forward_features(&self, x: &Tensor) -> Result<Features> {
+        if self.runs_blocked(x) {
+            let h = self.forward_shallow(x, self.blocks.len())?;
+            let logits = self.fc.forward(&avg_pool_nhwc(&h)?)?;
+            return Ok(Features {
+                logits,
+                maps: blocked_to_nchw(&h)?,
+            });
+        }
+        let mut h = max_pool_3x3_s2_p1(&self.stem.forward(x)?)?;
+        for b in &self.blocks {
+            h = b.forward(&h)?;
+        }
+        Ok(Features {
+            logits: self.fc.forward(&global_avg_pool(&h)?)?,
+            maps: h,
+        })
+    }
+
+    fn classifier(&self) -> &Linear {
+        &self.fc
+    }
+
     /// Batches on the CPU: the early stages (large maps, few weights) one image per thread, as
     /// [`crate::layers::forward_spread`]; from `layer3`'s second block on (small maps, 90% of
     /// the weights) the images in one group per thread, each group through every layer
@@ -321,6 +344,14 @@ impl ImageModel for ResNet {
             Tensor::cat(&logits, 0)
         })
     }
+}
+
+/// Channel-blocked `[c / b, n, h, w, b]` → `[n, c, h, w]`.
+fn blocked_to_nchw(x: &Tensor) -> Result<Tensor> {
+    let (blocks, n, h, w, b) = x.dims5()?;
+    x.permute((1, 0, 4, 2, 3))?
+        .contiguous()?
+        .reshape((n, blocks * b, h, w))
 }
 
 /// `f(0..count)`, the calls spread over the current team's threads, each computed with serial
