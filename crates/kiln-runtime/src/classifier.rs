@@ -474,11 +474,29 @@ impl Classifier {
         preprocess(img, &self.spec)
     }
 
+    /// The network (for [`crate::cam`]).
+    pub(crate) fn model(&self) -> &dyn ImageModel {
+        self.model.as_ref()
+    }
+
     /// Runs the network on preprocessed images, returning logits `[n, classes]` on the CPU.
     pub fn logits(&self, batch: &[ImageTensor]) -> Result<Vec<Vec<f32>>, RuntimeError> {
         if batch.is_empty() {
             return Ok(vec![]);
         }
+        let x = self.input_tensor(batch)?;
+        tracing::debug!(input = ?x.dims(), "forward");
+        // On the CPU, spreads the batch over the threads (see `ImageModel::forward_batch`).
+        let y = self.model.forward_batch(&x)?;
+        tracing::debug!(output = ?y.dims(), "forward done");
+        Ok(y.to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .to_vec2::<f32>()?)
+    }
+
+    /// A non-empty batch of preprocessed images of one shape as the model's input tensor, on
+    /// its device and in its dtype.
+    pub(crate) fn input_tensor(&self, batch: &[ImageTensor]) -> Result<Tensor, RuntimeError> {
         let shape = batch[0].shape;
         let mut flat = Vec::with_capacity(batch.len() * batch[0].data.len());
         for t in batch {
@@ -497,13 +515,7 @@ impl Classifier {
         )?
         .to_device(&self.device)?
         .to_dtype(self.dtype)?;
-        tracing::debug!(input = ?x.dims(), "forward");
-        // On the CPU, spreads the batch over the threads (see `ImageModel::forward_batch`).
-        let y = self.model.forward_batch(&x)?;
-        tracing::debug!(output = ?y.dims(), "forward done");
-        Ok(y.to_dtype(DType::F32)?
-            .to_device(&Device::Cpu)?
-            .to_vec2::<f32>()?)
+        Ok(x)
     }
 
     /// Softmax and top-k of one row of logits.
@@ -535,7 +547,7 @@ impl Classifier {
     }
 
     /// Refuses an image whose resize for this model would exceed the decoder's pixel limit.
-    fn check_size(&self, img: &RgbImage, source: &str) -> Result<(), RuntimeError> {
+    pub(crate) fn check_size(&self, img: &RgbImage, source: &str) -> Result<(), RuntimeError> {
         let (w, h) = img.dimensions();
         kiln_preprocess::transform::check_resize_fits(
             w,

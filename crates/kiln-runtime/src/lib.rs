@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod cam;
 pub mod classifier;
 pub mod device;
 pub mod hub;
@@ -19,6 +20,7 @@ pub mod labels;
 pub mod pth;
 pub mod weights;
 
+pub use cam::{Cam, ClassSelect, CropGeometry, Explanation, Map};
 pub use classifier::{
     shipped_weights_dir, softmax, ClassScore, Classified, Classifier, ClassifierBuilder, Outcome,
     Prediction, RunOptions, SpecOverrides, StageTimes, DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
@@ -92,6 +94,9 @@ pub enum RuntimeError {
     /// The forward pass failed for a batch.
     #[error("inference failed: {0}")]
     Forward(String),
+    /// A class asked for by name or index that the model does not have.
+    #[error("{0}")]
+    UnknownClass(String),
     /// An error inside candle.
     #[error(transparent)]
     Candle(candle_core::Error),
