@@ -174,7 +174,13 @@ pub fn upsample(raw: &Map, h: usize, w: usize) -> Map {
     let mut data = Vec::with_capacity(h * w);
     for y in 0..h {
         for x in 0..w {
-            data.push(sample(raw, y as f64 + 0.5, x as f64 + 0.5, h as f64, w as f64));
+            data.push(sample(
+                raw,
+                y as f64 + 0.5,
+                x as f64 + 0.5,
+                h as f64,
+                w as f64,
+            ));
         }
     }
     Map { h, w, data }
@@ -202,11 +208,7 @@ pub fn on_photo(raw: &Map, geom: &CropGeometry) -> Map {
             });
         }
     }
-    Map {
-        h: ph,
-        w: pw,
-        data,
-    }
+    Map { h: ph, w: pw, data }
 }
 
 /// `M_c = Σ_k w_k · A_k` for one image's maps `[c, h, w]` (flattened) and one class's weights.
@@ -272,7 +274,10 @@ impl Classifier {
             many => Err(RuntimeError::UnknownClass(format!(
                 "`{s}` matches {} labels when case is ignored ({}); give the index",
                 many.len(),
-                many.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
@@ -310,10 +315,18 @@ impl Classifier {
         };
         let prediction = self.decode_probs(probs.clone(), top_k.max(wanted), None);
         let chosen: Vec<usize> = match select {
-            ClassSelect::Top(_) => prediction.top.iter().take(wanted).map(|c| c.index).collect(),
+            ClassSelect::Top(_) => prediction
+                .top
+                .iter()
+                .take(wanted)
+                .map(|c| c.index)
+                .collect(),
             ClassSelect::Classes(c) => c.clone(),
         };
-        let maps = features.maps.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let maps = features
+            .maps
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
         let (_, channels, fh, fw) = maps.dims4()?;
         let maps = maps.flatten_all()?.to_vec1::<f32>()?;
         let linear = self.model().classifier();
@@ -371,7 +384,9 @@ mod tests {
         Map {
             h,
             w,
-            data: (0..h * w).map(|i| ((i * 7919) % 23) as f32 - 11.0).collect(),
+            data: (0..h * w)
+                .map(|i| ((i * 7919) % 23) as f32 - 11.0)
+                .collect(),
         }
     }
 
