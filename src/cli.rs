@@ -15,9 +15,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 /// Exit code when every image was classified.
-const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_OK: u8 = 0;
 /// Exit code when at least one image failed.
-const EXIT_SOME_FAILED: u8 = 1;
+pub(crate) const EXIT_SOME_FAILED: u8 = 1;
 /// Exit code for usage, spec and model errors.
 const EXIT_USAGE: u8 = 2;
 
@@ -50,10 +50,12 @@ enum Command {
     Spec(SpecArgs),
     /// Time forward passes on synthetic input: latency percentiles and images/s.
     Bench(crate::bench::BenchArgs),
+    /// Show where the network looked: class activation heatmaps over each photo, as PNG.
+    Explain(Box<crate::explain::ExplainArgs>),
 }
 
 #[derive(Args)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// Architecture name (e.g. mobilenet_v2, resnet50; with no --weights, its shipped weights),
     /// or a hub model `hf:OWNER/REPO[@REVISION]` (downloaded through the Hugging Face cache;
     /// HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE apply).
@@ -78,7 +80,7 @@ struct ModelArgs {
 }
 
 #[derive(Args)]
-struct OverrideArgs {
+pub(crate) struct OverrideArgs {
     /// Override the spec's per-channel mean (three comma-separated values).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     mean: Option<Vec<f32>>,
@@ -116,7 +118,7 @@ enum Format {
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
-enum TtaArg {
+pub(crate) enum TtaArg {
     /// The spec's centre view only.
     None,
     /// Centre view and its mirror.
@@ -218,7 +220,7 @@ struct SpecArgs {
 }
 
 /// A failure that maps to an exit code.
-enum Failure {
+pub(crate) enum Failure {
     Usage(anyhow::Error),
 }
 
@@ -242,6 +244,7 @@ pub fn run() -> ExitCode {
         Command::Convert(a) => convert(a).map(|_| EXIT_OK),
         Command::Inspect(a) => inspect(a).map(|_| EXIT_OK),
         Command::Spec(a) => spec_from_hub(a).map(|_| EXIT_OK),
+        Command::Explain(a) => crate::explain::run(*a),
         Command::Bench(a) => crate::bench::run(a)
             .map(|_| EXIT_OK)
             .map_err(Failure::Usage),
@@ -281,7 +284,7 @@ fn parse_enum<T>(
         .transpose()
 }
 
-fn build_classifier(
+pub(crate) fn build_classifier(
     m: &ModelArgs,
     o: &OverrideArgs,
     decode: DecodeOptions,
@@ -368,7 +371,7 @@ fn classifier_rows(weights: &Path, arch: &str) -> Result<usize> {
     Ok(shape[0])
 }
 
-fn positive(s: &str) -> Result<usize, String> {
+pub(crate) fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("`{s}` is not a positive whole number")),
@@ -376,7 +379,7 @@ fn positive(s: &str) -> Result<usize, String> {
 }
 
 /// One input as the user gave it, expanded: paths to classify, or a pattern that matched nothing.
-enum Expanded {
+pub(crate) enum Expanded {
     Path(PathBuf),
     NoMatch(String),
 }
@@ -384,7 +387,7 @@ enum Expanded {
 /// Expands directories (recursively, image extensions only, sorted) and glob patterns (sorted).
 /// Plain files are kept as given, so a bad file named on the command line is reported rather
 /// than skipped. `-` is handled by the caller (stdin).
-fn expand(input: &Path) -> Vec<Expanded> {
+pub(crate) fn expand(input: &Path) -> Vec<Expanded> {
     if input.is_dir() {
         let mut found = vec![];
         walk(input, &mut found);
@@ -643,7 +646,7 @@ fn write_csv(out: &mut impl Write, o: &Outcome) -> std::io::Result<()> {
 }
 
 /// Input errors already start with the file name; others get it prefixed.
-fn error_text(path: &Path, e: &RuntimeError) -> String {
+pub(crate) fn error_text(path: &Path, e: &RuntimeError) -> String {
     if e.is_input_error() {
         e.to_string()
     } else {

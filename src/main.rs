@@ -5,6 +5,7 @@
 
 mod bench;
 mod cli;
+mod explain;
 
 use std::process::ExitCode;
 

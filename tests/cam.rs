@@ -348,3 +348,77 @@ fn candle_path_maps_match_kernel_path() {
         println!("cam {name}: f32 kernels vs candle f64 worst diff/tolerance {worst:.4}");
     }
 }
+
+/// `kiln explain` as a user runs it: a PNG (photo size plus a banner) and a `.npy` per image
+/// and class; a file that fails is reported and the others are still explained (exit 1); an
+/// unknown class is a usage error before any image is read (exit 2); TTA is refused.
+#[test]
+fn explain_command_line() {
+    let out = std::env::temp_dir().join(format!("kiln-explain-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let photo = common::shared().join("imagenet-sample/n02077923_sea_lion.JPEG");
+    let bad = out.join("not-an-image.jpg");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(&bad, b"this is not a JPEG").unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::kiln_bin())
+            .arg("explain")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        bad.to_str().unwrap(),
+        photo.to_str().unwrap(),
+        "--top",
+        "2",
+        "--raw",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("not-an-image.jpg"), "{stderr}");
+    assert!(
+        stdout.contains("sea lion") && stdout.contains("top-1"),
+        "{stdout}"
+    );
+    let png = image::open(out.join("n02077923_sea_lion.cam-150.png"))
+        .unwrap()
+        .to_rgb8();
+    // The 500×375 photo, with the banner below it.
+    assert_eq!(png.width(), 500);
+    assert!(png.height() > 375 && png.height() < 500, "{}", png.height());
+    let npy = std::fs::read(out.join("n02077923_sea_lion.cam-150.npy")).unwrap();
+    assert!(npy.starts_with(b"\x93NUMPY"));
+    assert_eq!(npy.len(), 128 + 7 * 7 * 4);
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        5,
+        "two classes × (png, npy) + the bad input"
+    );
+
+    for (args, want) in [
+        (vec!["--class", "no such animal"], "no class is labelled"),
+        (vec!["--class", "1000"], "out of range"),
+        (vec!["--tta", "flip"], "--tta none only"),
+    ] {
+        let mut all = vec![photo.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        all.extend(args);
+        let o = run(&all);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{all:?}: {stderr}");
+        assert!(stderr.contains(want), "{all:?}: {stderr}");
+    }
+    let o = run(&[
+        photo.to_str().unwrap(),
+        "--class",
+        "otter",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("otter"));
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -80,6 +80,8 @@ impl Map {
 pub struct Cam {
     /// The class, with its probability in this image.
     pub class: ClassScore,
+    /// The class's rank in this image's prediction (1: the most probable).
+    pub rank: usize,
     /// The class's logit.
     pub logit: f32,
     /// The class's classifier bias: `mean(raw) + bias = logit`.
@@ -353,6 +355,12 @@ impl Classifier {
                     label: self.labels()[c].clone(),
                     prob: probs[c],
                 },
+                // Ties count as the lower index first, as in `decode_probs`.
+                rank: 1 + probs
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, &p)| p > probs[c] || (p == probs[c] && i < c))
+                    .count(),
                 logit: logits[c],
                 bias: bias[c],
                 crop: upsample(&raw, ih as usize, iw as usize),

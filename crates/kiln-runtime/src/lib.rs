@@ -18,6 +18,7 @@ pub mod device;
 pub mod hub;
 pub mod labels;
 pub mod pth;
+pub mod render;
 pub mod weights;
 
 pub use cam::{Cam, ClassSelect, CropGeometry, Explanation, Map};
