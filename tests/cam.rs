@@ -333,7 +333,7 @@ fn candle_path_maps_match_kernel_path() {
             .explain_image(&img, &ClassSelect::Top(2), 5)
             .unwrap();
         let plain = f32_model
-            .classify_images(&[img.clone()], 5)
+            .classify_images(std::slice::from_ref(&img), 5)
             .unwrap()
             .remove(0);
         assert_eq!(
