@@ -15,6 +15,7 @@ pub mod decode;
 pub mod hubspec;
 pub mod pil;
 pub mod spec;
+pub mod tensor_resize;
 pub mod transform;
 
 pub use decode::{decode_bytes, decode_file, to_rgb8, DecodeOptions, Decoded, DEFAULT_MAX_PIXELS};
