@@ -370,8 +370,8 @@ fn aa_weights32(mode: TensorMode, input: usize, output: usize) -> Taps<f32> {
     for i in 0..output {
         let center = (scale as f64 * (i as f64 + 0.5)) as f32;
         let xmin = (((center - support) as f64 + 0.5) as i64).max(0);
-        let xsize =
-            ((((center + support) as f64 + 0.5) as i64).min(input as i64) - xmin).clamp(0, max_taps);
+        let xsize = ((((center + support) as f64 + 0.5) as i64).min(input as i64) - xmin)
+            .clamp(0, max_taps);
         let mut w: Vec<f32> = (0..xsize)
             .map(|j| {
                 let d = ((j + xmin) as f32 - center) as f64 + 0.5;
@@ -544,7 +544,11 @@ mod tests {
             resize_u8(&img, 5, 4, 3, 5, 4, TensorMode::Bicubic, true),
             img
         );
-        for mode in [TensorMode::Bilinear, TensorMode::Bicubic, TensorMode::Lanczos] {
+        for mode in [
+            TensorMode::Bilinear,
+            TensorMode::Bicubic,
+            TensorMode::Lanczos,
+        ] {
             let out = resize_u8(&img, 5, 4, 3, 11, 3, mode, true);
             assert!(out.iter().all(|&v| v == 7), "{mode:?}: {out:?}");
         }
