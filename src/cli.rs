@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kiln_preprocess::{ChannelOrder, Interpolation, PixelScale, Preset, TrainingSpec};
 use kiln_preprocess::hubspec::HfBackend;
+use kiln_preprocess::{ChannelOrder, Interpolation, PixelScale, Preset, TrainingSpec};
 use kiln_preprocess::{DecodeOptions, Tta};
 use kiln_runtime::{
     parse_device, Classifier, Outcome, RunOptions, RuntimeError, SpecOverrides, WeightFile,
