@@ -219,6 +219,9 @@ struct SpecArgs {
     from: HubFormatArg,
     /// The config file (or, for hf, the directory holding both config files).
     file: PathBuf,
+    /// For hf: the image-processor backend, `pil` or `torchvision` (default: the model's own).
+    #[arg(long, value_name = "pil|torchvision")]
+    hf_backend: Option<String>,
     /// Write the spec here instead of stdout.
     #[arg(long, short)]
     out: Option<PathBuf>,
@@ -686,7 +689,8 @@ fn spec_from_hub(a: SpecArgs) -> Result<(), Failure> {
         HubFormatArg::Timm => kiln_preprocess::hubspec::HubFormat::Timm,
         HubFormatArg::Hf => kiln_preprocess::hubspec::HubFormat::Transformers,
     };
-    let hub = kiln_preprocess::hubspec::spec_from_hub_files(format, &a.file)
+    let backend = parse_enum("hf backend", &a.hf_backend, HfBackend::parse)?;
+    let hub = kiln_preprocess::hubspec::spec_from_hub_files_with(format, &a.file, backend)
         .map_err(RuntimeError::from)?;
     let json = hub.spec.to_json() + "\n";
     match &a.out {
