@@ -529,7 +529,7 @@ mod tests {
     fn int16_precision_keeps_the_largest_weight_below_2_pow_15() {
         let (t, p) = to_int16(&aa_weights64(TensorMode::Bilinear, 500, 224));
         let max = t.weights.iter().flatten().copied().max().unwrap();
-        assert!(max < 1 << 15 && max >= 1 << 14, "{max} at precision {p}");
+        assert!((1 << 14..1 << 15).contains(&max), "{max} at precision {p}");
         // Every row's integer weights sum to about 2^p.
         for w in &t.weights {
             let s: i32 = w.iter().sum();
