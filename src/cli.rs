@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln_preprocess::hubspec::HfBackend;
 use kiln_preprocess::{ChannelOrder, Interpolation, PixelScale, Preset, TrainingSpec};
 use kiln_preprocess::{DecodeOptions, Tta};
 use kiln_runtime::{
@@ -58,9 +59,14 @@ enum Command {
 pub(crate) struct ModelArgs {
     /// Architecture name (e.g. mobilenet_v2, resnet50; with no --weights, its shipped weights),
     /// or a hub model `hf:OWNER/REPO[@REVISION]` (downloaded through the Hugging Face cache;
-    /// HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE apply).
+    /// HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE apply), or a local directory laid out as a hub
+    /// repo (`./DIR` or `hf-dir:DIR`: config.json [+ preprocessor_config.json] + model.safetensors).
     #[arg(long)]
     model: Option<String>,
+    /// For transformers models: which image-processor backend the model was trained with,
+    /// `pil` or `torchvision` (default: the model's own, from its configs).
+    #[arg(long, value_name = "pil|torchvision")]
+    hf_backend: Option<String>,
     /// A safetensors weights file.
     #[arg(long)]
     weights: Option<PathBuf>,
@@ -192,8 +198,12 @@ struct ConvertArgs {
 
 #[derive(Args)]
 struct InspectArgs {
-    /// A safetensors weights file, or a hub model `hf:OWNER/REPO[@REVISION]`.
+    /// A safetensors weights file, a hub model `hf:OWNER/REPO[@REVISION]`, or a local model
+    /// directory (`DIR` or `hf-dir:DIR`).
     file: PathBuf,
+    /// For transformers models: `pil` or `torchvision` (default: the model's own).
+    #[arg(long, value_name = "pil|torchvision")]
+    hf_backend: Option<String>,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -211,6 +221,9 @@ struct SpecArgs {
     from: HubFormatArg,
     /// The config file (or, for hf, the directory holding both config files).
     file: PathBuf,
+    /// For hf: the image-processor backend, `pil` or `torchvision` (default: the model's own).
+    #[arg(long, value_name = "pil|torchvision")]
+    hf_backend: Option<String>,
     /// Write the spec here instead of stdout.
     #[arg(long, short)]
     out: Option<PathBuf>,
@@ -291,15 +304,17 @@ pub(crate) fn build_classifier(
 ) -> Result<Classifier, Failure> {
     let device = parse_device(&m.device)?;
     let mut b = Classifier::builder().device(device).decode_options(decode);
+    let backend = parse_enum("hf backend", &m.hf_backend, HfBackend::parse)?;
     if let Some(x) = &m.model {
-        if kiln_runtime::hub::is_hub_ref(x) {
+        let dir = kiln_runtime::hub::local_dir_ref(x);
+        if kiln_runtime::hub::is_hub_ref(x) || dir.is_some() {
             if m.weights.is_some() || m.preset.is_some() {
                 return Err(anyhow::anyhow!(
                     "--model {x} brings its own weights and spec; drop --weights/--preset"
                 )
                 .into());
             }
-            b = resolve_hub(x)?.apply_to(b);
+            b = resolve_model(x, backend)?.apply_to(b);
         } else {
             b = b.model(x);
         }
@@ -351,10 +366,15 @@ pub(crate) fn build_classifier(
     Ok(b.overrides(overrides, o.allow_spec_override).build()?)
 }
 
-fn resolve_hub(reference: &str) -> Result<kiln_runtime::HubModel> {
+/// A hub reference or a local model directory, with the transformers backend if given.
+fn resolve_model(reference: &str, backend: Option<HfBackend>) -> Result<kiln_runtime::HubModel> {
     let mut opts = kiln_runtime::HubOptions::from_env();
     opts.progress = std::io::stderr().is_terminal();
-    let model = kiln_runtime::hub::resolve(reference, &opts)?;
+    if let Some(dir) = kiln_runtime::hub::local_dir_ref(reference) {
+        return Ok(kiln_runtime::hub::resolve_dir(&dir, &opts, backend)?);
+    }
+    let r = kiln_runtime::HubRef::parse(reference)?;
+    let model = kiln_runtime::hub::resolve_ref_with(&r, &opts, backend)?;
     for f in &model.downloaded {
         tracing::info!(file = %f, "downloaded from {reference}");
     }
@@ -672,7 +692,8 @@ fn spec_from_hub(a: SpecArgs) -> Result<(), Failure> {
         HubFormatArg::Timm => kiln_preprocess::hubspec::HubFormat::Timm,
         HubFormatArg::Hf => kiln_preprocess::hubspec::HubFormat::Transformers,
     };
-    let hub = kiln_preprocess::hubspec::spec_from_hub_files(format, &a.file)
+    let backend = parse_enum("hf backend", &a.hf_backend, HfBackend::parse)?;
+    let hub = kiln_preprocess::hubspec::spec_from_hub_files_with(format, &a.file, backend)
         .map_err(RuntimeError::from)?;
     let json = hub.spec.to_json() + "\n";
     match &a.out {
@@ -725,8 +746,15 @@ fn convert(a: ConvertArgs) -> Result<(), Failure> {
 fn inspect(a: InspectArgs) -> Result<(), Failure> {
     let mut out = String::new();
     let arg = a.file.to_string_lossy().to_string();
-    let (file, resolved) = if kiln_runtime::hub::is_hub_ref(&arg) {
-        let hub = resolve_hub(&arg)?;
+    let backend = parse_enum("hf backend", &a.hf_backend, HfBackend::parse)?;
+    let is_dir = kiln_runtime::hub::local_dir_ref(&arg).is_some() || a.file.is_dir();
+    let (file, resolved) = if kiln_runtime::hub::is_hub_ref(&arg) || is_dir {
+        let reference = if is_dir && !arg.starts_with(kiln_runtime::hub::DIR_PREFIX) {
+            format!("{}{arg}", kiln_runtime::hub::DIR_PREFIX)
+        } else {
+            arg.clone()
+        };
+        let hub = resolve_model(&reference, backend)?;
         outln!(
             out,
             "model:         {arg} ({:?} conventions, hub architecture {})",

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::spec::{
-    ChannelOrder, Interpolation, Layout, PixelScale, Resize, TrainingSpec, IMAGENET_MEAN,
+    ChannelOrder, Interpolation, Layout, Pipeline, PixelScale, Resize, TrainingSpec, IMAGENET_MEAN,
     IMAGENET_STD, SPEC_VERSION,
 };
 use crate::SpecError;
@@ -440,6 +440,7 @@ pub fn spec_from_timm(config_json: &str) -> Result<HubSpec, SpecError> {
         std,
         channel_order: ChannelOrder::Rgb,
         layout: Layout::Nchw,
+        pipeline: Pipeline::Torchvision,
         source,
     };
     spec.validate()?;
@@ -760,6 +761,18 @@ pub fn spec_from_hf_preprocessor(
     architecture: &str,
     num_classes: usize,
 ) -> Result<TrainingSpec, SpecError> {
+    spec_from_hf_preprocessor_with(preprocessor_json, architecture, num_classes, HfBackend::Pil)
+}
+
+/// [`spec_from_hf_preprocessor`] for the given transformers backend: `Pil` gives the pipeline
+/// `transformers-pil`, `Torchvision` the pipeline `transformers-torchvision` (PyTorch's
+/// antialiased interpolate on the uint8 tensor, PIL's NEAREST as `nearest-exact`).
+pub fn spec_from_hf_preprocessor_with(
+    preprocessor_json: &str,
+    architecture: &str,
+    num_classes: usize,
+    backend: HfBackend,
+) -> Result<TrainingSpec, SpecError> {
     let m = parse_object(preprocessor_json, "preprocessor_config.json")?;
     let raw_type = m
         .get("image_processor_type")
@@ -922,13 +935,6 @@ pub fn spec_from_hf_preprocessor(
             ))
         }
     };
-    if crop.is_some() {
-        notes.push(
-            "transformers' center_crop floors (size-crop)/2 where kiln rounds half to even (torchvision): \
-             the crop can sit 1 pixel apart for some image sizes"
-                .into(),
-        );
-    }
 
     let do_rescale = flag("do_rescale", true)?;
     let factor = if do_rescale {
@@ -983,11 +989,10 @@ pub fn spec_from_hf_preprocessor(
     let mut source = BTreeMap::new();
     source.insert("hub".into(), Value::from("transformers"));
     source.insert("image_processor".into(), Value::from(raw_type));
-    if raw_type.ends_with("Fast") {
-        notes.push(
-            "fast processors resize torch tensors rather than PIL images; kiln follows PIL".into(),
-        );
-    }
+    source.insert(
+        "image_processor_backend".into(),
+        Value::from(backend.name()),
+    );
     source.insert("notes".into(), Value::from(notes));
     let spec = TrainingSpec {
         kiln_spec: SPEC_VERSION,
@@ -1003,10 +1008,102 @@ pub fn spec_from_hf_preprocessor(
         std,
         channel_order: ChannelOrder::Rgb,
         layout: Layout::Nchw,
+        pipeline: match backend {
+            HfBackend::Pil => Pipeline::TransformersPil,
+            HfBackend::Torchvision => Pipeline::TransformersTorchvision,
+        },
         source,
     };
     spec.validate()?;
     Ok(spec)
+}
+
+/// The two implementations of transformers' image processors (transformers 5 calls them
+/// backends: `…ImageProcessorPil` / `PilBackend`, and `…ImageProcessor` / `TorchvisionBackend`,
+/// formerly `…ImageProcessorFast`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfBackend {
+    /// PIL images, PIL's resampler, numpy arithmetic.
+    Pil,
+    /// uint8 torch tensors, PyTorch's interpolate, torch arithmetic.
+    Torchvision,
+}
+
+impl HfBackend {
+    /// Parses `pil` or `torchvision` (also `torch`, `fast`, `slow`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "pil" | "slow" => Some(Self::Pil),
+            "torchvision" | "torch" | "fast" => Some(Self::Torchvision),
+            _ => None,
+        }
+    }
+
+    /// `pil` or `torchvision`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pil => "pil",
+            Self::Torchvision => "torchvision",
+        }
+    }
+}
+
+/// The backend the model's own processor runs by default, and why.
+///
+/// The rule, in order: a `backend` field in `preprocessor_config.json` (`pil`/`torchvision`);
+/// an `image_processor_type` ending in `Pil` (PIL) or `Fast` (torchvision); otherwise the
+/// transformers version in `config.json` (`transformers_version`): 5 or later loads the
+/// torchvision backend by default (`AutoImageProcessor` in transformers 5 returns the
+/// `TorchvisionBackend` class, and `save_pretrained` writes the same type name for both), an
+/// earlier version the PIL ("slow") processor, as does a config without a version.
+pub fn hf_default_backend(
+    preprocessor_json: &str,
+    model_config_json: &str,
+) -> Result<(HfBackend, String), SpecError> {
+    let pre = parse_object(preprocessor_json, "preprocessor_config.json")?;
+    if let Some(v) = pre.get("backend").filter(|v| !v.is_null()) {
+        let b = v
+            .as_str()
+            .and_then(HfBackend::parse)
+            .ok_or_else(|| invalid("backend", v.to_string(), "\"pil\" or \"torchvision\""))?;
+        return Ok((b, format!("preprocessor_config.json backend {v}")));
+    }
+    let ptype = pre
+        .get("image_processor_type")
+        .or_else(|| pre.get("feature_extractor_type"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if ptype.ends_with("Pil") {
+        return Ok((HfBackend::Pil, format!("image_processor_type {ptype}")));
+    }
+    if ptype.ends_with("Fast") {
+        return Ok((
+            HfBackend::Torchvision,
+            format!("image_processor_type {ptype}"),
+        ));
+    }
+    let cfg = parse_object(model_config_json, "config.json")?;
+    let version = cfg.get("transformers_version").and_then(Value::as_str);
+    let major = version
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.trim().parse::<u32>().ok());
+    Ok(match (version, major) {
+        (Some(v), Some(m)) if m >= 5 => (
+            HfBackend::Torchvision,
+            format!(
+                "written by transformers {v}, whose default processor is the torchvision backend"
+            ),
+        ),
+        (Some(v), _) => (
+            HfBackend::Pil,
+            format!("written by transformers {v}, whose default processor is the PIL one"),
+        ),
+        (None, _) => (
+            HfBackend::Pil,
+            "no transformers_version in config.json: the PIL processor (transformers 4's default)"
+                .into(),
+        ),
+    })
 }
 
 /// The spec for a transformers model repo: `preprocessor_config.json` for the transform and
@@ -1016,11 +1113,22 @@ pub fn spec_from_hf(
     preprocessor_json: &str,
     model_config_json: &str,
 ) -> Result<HubSpec, SpecError> {
+    spec_from_hf_with(preprocessor_json, model_config_json, None)
+}
+
+/// [`spec_from_hf`] with the processor backend chosen by the caller (`None`: the model's
+/// default, see [`hf_default_backend`]).
+pub fn spec_from_hf_with(
+    preprocessor_json: &str,
+    model_config_json: &str,
+    backend: Option<HfBackend>,
+) -> Result<HubSpec, SpecError> {
     hf_spec(
         preprocessor_json,
         model_config_json,
         Path::new("preprocessor_config.json"),
         Path::new("config.json"),
+        backend,
     )
 }
 
@@ -1029,11 +1137,23 @@ fn hf_spec(
     model_config_json: &str,
     pre_name: &Path,
     cfg_name: &Path,
+    backend: Option<HfBackend>,
 ) -> Result<HubSpec, SpecError> {
     let model = transformers_architecture(model_config_json).map_err(|e| e.in_file(cfg_name))?;
-    let mut spec =
-        spec_from_hf_preprocessor(preprocessor_json, &model.architecture, model.num_classes)
-            .map_err(|e| e.in_file(pre_name))?;
+    let (backend, why) = match backend {
+        Some(b) => (b, "chosen by the caller (--hf-backend)".to_string()),
+        None => hf_default_backend(preprocessor_json, model_config_json)
+            .map_err(|e| e.in_file(pre_name))?,
+    };
+    let mut spec = spec_from_hf_preprocessor_with(
+        preprocessor_json,
+        &model.architecture,
+        model.num_classes,
+        backend,
+    )
+    .map_err(|e| e.in_file(pre_name))?;
+    spec.source
+        .insert("image_processor_backend_reason".into(), Value::from(why));
     spec.source.insert(
         "transformers_architecture".into(),
         Value::from(model.hub_architecture.clone()),
@@ -1059,6 +1179,15 @@ fn read(path: &Path) -> Result<String, SpecError> {
 /// timm: `path` is the `config.json`. transformers: `path` is the repo directory, its
 /// `preprocessor_config.json` or its `config.json`; the other file is looked for beside it.
 pub fn spec_from_hub_files(format: HubFormat, path: &Path) -> Result<HubSpec, SpecError> {
+    spec_from_hub_files_with(format, path, None)
+}
+
+/// [`spec_from_hub_files`] with a transformers backend chosen by the caller (ignored for timm).
+pub fn spec_from_hub_files_with(
+    format: HubFormat,
+    path: &Path,
+    backend: Option<HfBackend>,
+) -> Result<HubSpec, SpecError> {
     match format {
         HubFormat::Timm => {
             let p = if path.is_dir() {
@@ -1096,7 +1225,7 @@ pub fn spec_from_hub_files(format: HubFormat, path: &Path) -> Result<HubSpec, Sp
                     });
                 }
             }
-            hf_spec(&read(&pre)?, &read(&cfg)?, &pre, &cfg)
+            hf_spec(&read(&pre)?, &read(&cfg)?, &pre, &cfg, backend)
         }
     }
 }

@@ -15,11 +15,12 @@ pub mod decode;
 pub mod hubspec;
 pub mod pil;
 pub mod spec;
+pub mod tensor_resize;
 pub mod transform;
 
 pub use decode::{decode_bytes, decode_file, to_rgb8, DecodeOptions, Decoded, DEFAULT_MAX_PIXELS};
 pub use spec::{
-    ChannelOrder, Interpolation, Layout, PixelScale, Preset, Resize, TrainingSpec,
+    ChannelOrder, Interpolation, Layout, Pipeline, PixelScale, Preset, Resize, TrainingSpec,
     SPEC_METADATA_KEY,
 };
 pub use transform::{preprocess, tta_views, ImageTensor, Tta};

@@ -108,6 +108,60 @@ fn default_true() -> bool {
     true
 }
 
+/// Which framework's transform the training pipeline ran: where the pixels come from, how they
+/// are resized and cropped, and where float rounding enters.
+///
+/// The default, `torchvision`, is torchvision's transforms on PIL images (PIL's resampler);
+/// the others are the tensor paths of torchvision and the two backends of transformers' image
+/// processors. See [`crate::tensor_resize`] for the tensor arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pipeline {
+    /// torchvision transforms on a PIL image: PIL resize, crop offsets rounded half to even.
+    #[default]
+    Torchvision,
+    /// torchvision `transforms.v2` on a uint8 tensor: PyTorch's interpolate on uint8 (rounded
+    /// back to uint8, `resize.antialias` as given), crop as torchvision, then scale/normalise.
+    TorchvisionTensor,
+    /// torchvision `transforms.v2` on a float32 tensor made by `ToDtype(float32, scale=True)`
+    /// before the resize: interpolate on `x / 255` in float32, no rounding to uint8.
+    TorchvisionTensorFloat,
+    /// transformers' PIL backend (`…ImageProcessorPil`, and the default of transformers 4):
+    /// PIL resize, crop offset `(size − crop) // 2`.
+    TransformersPil,
+    /// transformers' torchvision backend (`TorchvisionBackend`, the default of transformers
+    /// 5): interpolate on the uint8 tensor with antialias, rounded to uint8; crop offset
+    /// `int((size − crop) / 2)`; rescale and normalise fused, `(x − 255·mean) / (255·std)`.
+    TransformersTorchvision,
+}
+
+impl Pipeline {
+    /// The name used in specs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pipeline::Torchvision => "torchvision",
+            Pipeline::TorchvisionTensor => "torchvision-tensor",
+            Pipeline::TorchvisionTensorFloat => "torchvision-tensor-float",
+            Pipeline::TransformersPil => "transformers-pil",
+            Pipeline::TransformersTorchvision => "transformers-torchvision",
+        }
+    }
+
+    /// Whether the resize is PyTorch's interpolate on a tensor (not PIL's resampler).
+    pub fn resizes_tensors(self) -> bool {
+        matches!(
+            self,
+            Pipeline::TorchvisionTensor
+                | Pipeline::TorchvisionTensorFloat
+                | Pipeline::TransformersTorchvision
+        )
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Pipeline::Torchvision
+    }
+}
+
 fn default_version() -> u32 {
     SPEC_VERSION
 }
@@ -146,6 +200,9 @@ pub struct TrainingSpec {
     pub channel_order: ChannelOrder,
     /// Layout of the network's input.
     pub layout: Layout,
+    /// The framework transform reproduced (default `torchvision`, on PIL images).
+    #[serde(default, skip_serializing_if = "Pipeline::is_default")]
+    pub pipeline: Pipeline,
     /// Free-form provenance (framework, source file, hashes).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub source: BTreeMap<String, serde_json::Value>,
@@ -261,6 +318,7 @@ impl Preset {
             std,
             channel_order: order,
             layout: Layout::Nchw,
+            pipeline: Pipeline::Torchvision,
             source: BTreeMap::new(),
         }
     }
@@ -363,6 +421,24 @@ impl TrainingSpec {
                 }
                 _ => {}
             }
+            if self.pipeline.resizes_tensors()
+                && r.interpolation == Interpolation::Lanczos
+                && !r.antialias
+            {
+                return bad(
+                    "resize.antialias",
+                    "false".into(),
+                    "true for lanczos on tensors (torchvision refuses lanczos without antialias)"
+                        .into(),
+                );
+            }
+        }
+        if self.pipeline == Pipeline::TorchvisionTensorFloat && self.scale != PixelScale::Unit {
+            return bad(
+                "scale",
+                format!("{:?}", self.scale).to_lowercase(),
+                "unit for pipeline torchvision-tensor-float (ToDtype(float32, scale=True) divides by 255 before the resize)".into(),
+            );
         }
         if let Some(c) = self.center_crop {
             if c.contains(&0) {

@@ -1,9 +1,11 @@
 //! Resize, crop, scale and normalise, reproducing torchvision's eval transforms on PIL images.
 
-use fast_image_resize as fr;
 use image::RgbImage;
 
-use crate::spec::{ChannelOrder, Interpolation, Layout, Resize, TrainingSpec};
+use crate::spec::{
+    ChannelOrder, Interpolation, Layout, Pipeline, PixelScale, Resize, TrainingSpec,
+};
+use crate::tensor_resize::{self, TensorMode};
 
 /// A preprocessed image: `data` in the spec's layout without the batch dimension.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,26 +84,96 @@ pub fn resize_rgb(
     if let (Some(f), true) = (filter, antialias) {
         return crate::pil::resample(img, w, h, f);
     }
-    let src =
-        fr::images::ImageRef::new(img.width(), img.height(), img.as_raw(), fr::PixelType::U8x3)
-            .expect("buffer matches dimensions");
-    let mut dst = fr::images::Image::new(w, h, fr::PixelType::U8x3);
-    let alg = match interp {
-        Interpolation::Nearest => fr::ResizeAlg::Nearest,
-        Interpolation::Bilinear => fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear),
-        Interpolation::Bicubic => fr::ResizeAlg::Interpolation(fr::FilterType::CatmullRom),
-        Interpolation::Lanczos => fr::ResizeAlg::Interpolation(fr::FilterType::Lanczos3),
+    // Without antialias (which PIL does not have) this is torchvision's tensor path; PIL's
+    // NEAREST picks the pixel under each output centre, PyTorch's nearest-exact.
+    let mode = match interp {
+        Interpolation::Nearest => TensorMode::NearestExact,
+        other => tensor_mode(other, Pipeline::TorchvisionTensor),
     };
-    fr::Resizer::new()
-        .resize(&src, &mut dst, &fr::ResizeOptions::new().resize_alg(alg))
-        .expect("same pixel type, non-empty sizes");
-    RgbImage::from_raw(w, h, dst.into_vec()).expect("buffer matches dimensions")
+    resize_tensor_u8(
+        img,
+        w,
+        h,
+        mode,
+        antialias || interp == Interpolation::Lanczos,
+    )
+}
+
+/// The interpolate mode a tensor pipeline uses for `interp`: torchvision's NEAREST is
+/// PyTorch's `nearest`; transformers maps PIL's NEAREST to `nearest-exact`.
+pub fn tensor_mode(interp: Interpolation, pipeline: Pipeline) -> TensorMode {
+    match interp {
+        Interpolation::Nearest if pipeline == Pipeline::TransformersTorchvision => {
+            TensorMode::NearestExact
+        }
+        Interpolation::Nearest => TensorMode::Nearest,
+        Interpolation::Bilinear => TensorMode::Bilinear,
+        Interpolation::Bicubic => TensorMode::Bicubic,
+        Interpolation::Lanczos => TensorMode::Lanczos,
+    }
+}
+
+fn resize_tensor_u8(img: &RgbImage, w: u32, h: u32, mode: TensorMode, antialias: bool) -> RgbImage {
+    let out = tensor_resize::resize_u8(
+        img.as_raw(),
+        img.width() as usize,
+        img.height() as usize,
+        3,
+        w as usize,
+        h as usize,
+        mode,
+        antialias,
+    );
+    RgbImage::from_raw(w, h, out).expect("buffer matches dimensions")
+}
+
+/// Resizes as the spec's pipeline does: PIL's resampler, or PyTorch's interpolate on the uint8
+/// tensor (transformers' torchvision backend always antialiases).
+pub fn resize_for(img: &RgbImage, w: u32, h: u32, r: &Resize, pipeline: Pipeline) -> RgbImage {
+    if !pipeline.resizes_tensors() {
+        return resize_rgb(img, w, h, r.interpolation, r.antialias);
+    }
+    if img.dimensions() == (w, h) {
+        return img.clone();
+    }
+    let antialias = r.antialias || pipeline == Pipeline::TransformersTorchvision;
+    resize_tensor_u8(img, w, h, tensor_mode(r.interpolation, pipeline), antialias)
 }
 
 /// Applies the spec's resize step.
 pub fn apply_resize(img: &RgbImage, resize: &Resize) -> RgbImage {
     let (w, h) = resized_size(img.width(), img.height(), resize);
     resize_rgb(img, w, h, resize.interpolation, resize.antialias)
+}
+
+/// Applies the spec's resize step, through the spec's pipeline.
+fn apply_resize_spec(img: &RgbImage, spec: &TrainingSpec) -> RgbImage {
+    match &spec.resize {
+        Some(r) => {
+            let (w, h) = resized_size(img.width(), img.height(), r);
+            resize_for(img, w, h, r, spec.pipeline)
+        }
+        None => img.clone(),
+    }
+}
+
+/// The top-left corner of the centre crop as the spec's pipeline places it: torchvision
+/// rounds `(size − crop) / 2` half to even; transformers' PIL backend floors it (`//`), its
+/// torchvision backend truncates it (`int(...)`), padding first when the crop is larger.
+pub fn center_crop_origin_for(
+    size: (u32, u32),
+    crop: (u32, u32),
+    pipeline: Pipeline,
+) -> (i64, i64) {
+    let d = |s: u32, c: u32| s as i64 - c as i64;
+    match pipeline {
+        Pipeline::TransformersPil => (
+            d(size.0, crop.0).div_euclid(2),
+            d(size.1, crop.1).div_euclid(2),
+        ),
+        Pipeline::TransformersTorchvision => (d(size.0, crop.0) / 2, d(size.1, crop.1) / 2),
+        _ => center_crop_origin(size, crop),
+    }
 }
 
 /// The top-left corner of torchvision's centre crop of `crop` out of `size` (both `(h, w)`).
@@ -136,13 +208,19 @@ pub fn center_crop(img: &RgbImage, h: u32, w: u32) -> RgbImage {
 }
 
 /// Resize and crop as the spec says, giving an image of exactly `spec.input_size`.
+///
+/// For the `torchvision-tensor-float` pipeline this is the uint8 approximation of a float
+/// path; [`preprocess`] and [`tta_views`] keep that pipeline in float.
 pub fn geometry(img: &RgbImage, spec: &TrainingSpec) -> RgbImage {
-    let resized = match &spec.resize {
-        Some(r) => apply_resize(img, r),
-        None => img.clone(),
-    };
+    let resized = apply_resize_spec(img, spec);
+    spec_crop(&resized, spec)
+}
+
+fn spec_crop(resized: &RgbImage, spec: &TrainingSpec) -> RgbImage {
     let [ch, cw] = spec.center_crop.unwrap_or(spec.input_size);
-    center_crop(&resized, ch, cw)
+    let (top, left) =
+        center_crop_origin_for((resized.height(), resized.width()), (ch, cw), spec.pipeline);
+    crop(resized, top, left, ch, cw)
 }
 
 /// Scale, normalise, order channels and lay out an image that already has the input size.
@@ -156,10 +234,23 @@ pub fn to_tensor(img: &RgbImage, spec: &TrainingSpec) -> ImageTensor {
     };
     let mut data = vec![0f32; 3 * w * h];
     let raw = img.as_raw();
+    // transformers' torchvision backend folds the rescale into mean and std (float32) and
+    // normalises the 0..255 values: (x − 255·mean) / (255·std).
+    let fused =
+        spec.pipeline == Pipeline::TransformersTorchvision && spec.scale == PixelScale::Unit;
     for (c, &src_c) in order.iter().enumerate() {
-        let (mean, std) = (spec.mean[c], spec.std[c]);
+        let (mean, std) = if fused {
+            (spec.mean[c] * 255.0, spec.std[c] * 255.0)
+        } else {
+            (spec.mean[c], spec.std[c])
+        };
         for i in 0..w * h {
-            let v = (spec.scale.apply(raw[i * 3 + src_c]) - mean) / std;
+            let x = raw[i * 3 + src_c];
+            let v = if fused {
+                (x as f32 - mean) / std
+            } else {
+                (spec.scale.apply(x) - mean) / std
+            };
             match spec.layout {
                 Layout::Nchw => data[c * w * h + i] = v,
                 Layout::Nhwc => data[i * 3 + c] = v,
@@ -175,7 +266,84 @@ pub fn to_tensor(img: &RgbImage, spec: &TrainingSpec) -> ImageTensor {
 
 /// The whole eval transform: resize, centre crop, scale, normalise, channel order, layout.
 pub fn preprocess(img: &RgbImage, spec: &TrainingSpec) -> ImageTensor {
+    if spec.pipeline == Pipeline::TorchvisionTensorFloat {
+        let p = FloatPlanes::resized(img, spec);
+        let [ch, cw] = spec.center_crop.unwrap_or(spec.input_size);
+        let (top, left) = center_crop_origin((p.h as u32, p.w as u32), (ch, cw));
+        return p.view(top, left, ch, cw, false, spec);
+    }
     to_tensor(&geometry(img, spec), spec)
+}
+
+/// An RGB image as float32 planes `x / 255`, for the `torchvision-tensor-float` pipeline.
+struct FloatPlanes {
+    data: Vec<f32>,
+    h: usize,
+    w: usize,
+}
+
+impl FloatPlanes {
+    fn resized(img: &RgbImage, spec: &TrainingSpec) -> Self {
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let raw = img.as_raw();
+        let mut data = vec![0f32; 3 * w * h];
+        for c in 0..3 {
+            for i in 0..w * h {
+                data[c * w * h + i] = raw[i * 3 + c] as f32 / 255.0;
+            }
+        }
+        let Some(r) = &spec.resize else {
+            return Self { data, h, w };
+        };
+        let (ow, oh) = resized_size(img.width(), img.height(), r);
+        let (ow, oh) = (ow as usize, oh as usize);
+        let mode = tensor_mode(r.interpolation, spec.pipeline);
+        let data = tensor_resize::resize_f32(&data, 3, h, w, oh, ow, mode, r.antialias);
+        Self { data, h: oh, w: ow }
+    }
+
+    /// Crop (zero outside), optional mirror, normalise, order and lay out.
+    fn view(
+        &self,
+        top: i64,
+        left: i64,
+        ch: u32,
+        cw: u32,
+        flip: bool,
+        spec: &TrainingSpec,
+    ) -> ImageTensor {
+        let (ch, cw) = (ch as usize, cw as usize);
+        let order: [usize; 3] = match spec.channel_order {
+            ChannelOrder::Rgb => [0, 1, 2],
+            ChannelOrder::Bgr => [2, 1, 0],
+        };
+        let mut data = vec![0f32; 3 * ch * cw];
+        for (c, &src_c) in order.iter().enumerate() {
+            let plane = &self.data[src_c * self.h * self.w..(src_c + 1) * self.h * self.w];
+            for y in 0..ch {
+                for x in 0..cw {
+                    let sx = if flip { cw - 1 - x } else { x };
+                    let (yy, xx) = (y as i64 + top, sx as i64 + left);
+                    let v =
+                        if yy >= 0 && xx >= 0 && (yy as usize) < self.h && (xx as usize) < self.w {
+                            plane[yy as usize * self.w + xx as usize]
+                        } else {
+                            0.0
+                        };
+                    let v = (v - spec.mean[c]) / spec.std[c];
+                    match spec.layout {
+                        Layout::Nchw => data[c * ch * cw + y * cw + x] = v,
+                        Layout::Nhwc => data[(y * cw + x) * 3 + c] = v,
+                    }
+                }
+            }
+        }
+        let shape = match spec.layout {
+            Layout::Nchw => [3, ch, cw],
+            Layout::Nhwc => [ch, cw, 3],
+        };
+        ImageTensor { data, shape }
+    }
 }
 
 #[cfg(test)]
@@ -265,11 +433,11 @@ impl Tta {
 
 /// The views of `img` that `tta` asks for, each preprocessed as the spec says.
 pub fn tta_views(img: &RgbImage, spec: &TrainingSpec, tta: Tta) -> Vec<ImageTensor> {
+    if spec.pipeline == Pipeline::TorchvisionTensorFloat {
+        return tta_views_float(img, spec, tta);
+    }
     let [ch, cw] = spec.center_crop.unwrap_or(spec.input_size);
-    let resized = || match &spec.resize {
-        Some(r) => apply_resize(img, r),
-        None => img.clone(),
-    };
+    let resized = || apply_resize_spec(img, spec);
     let flip = image::imageops::flip_horizontal;
     let geoms: Vec<RgbImage> = match tta {
         Tta::None => vec![geometry(img, spec)],
@@ -287,7 +455,7 @@ pub fn tta_views(img: &RgbImage, spec: &TrainingSpec, tta: Tta) -> Vec<ImageTens
                 crop(&r, 0, right, ch, cw),
                 crop(&r, bottom, 0, ch, cw),
                 crop(&r, bottom, right, ch, cw),
-                center_crop(&r, ch, cw),
+                spec_crop(&r, spec),
             ];
             if tta == Tta::TenCrop {
                 let flipped: Vec<_> = v.iter().map(flip).collect();
@@ -309,6 +477,55 @@ pub fn tta_views(img: &RgbImage, spec: &TrainingSpec, tta: Tta) -> Vec<ImageTens
             .collect(),
     };
     geoms.iter().map(|g| to_tensor(g, spec)).collect()
+}
+
+/// [`tta_views`] for the `torchvision-tensor-float` pipeline: the same views, cut from the
+/// float resize.
+fn tta_views_float(img: &RgbImage, spec: &TrainingSpec, tta: Tta) -> Vec<ImageTensor> {
+    let [ch, cw] = spec.center_crop.unwrap_or(spec.input_size);
+    let centre = |p: &FloatPlanes, flip: bool| {
+        let (top, left) = center_crop_origin((p.h as u32, p.w as u32), (ch, cw));
+        p.view(top, left, ch, cw, flip, spec)
+    };
+    match tta {
+        Tta::None => vec![preprocess(img, spec)],
+        Tta::Flip => {
+            let p = FloatPlanes::resized(img, spec);
+            vec![centre(&p, false), centre(&p, true)]
+        }
+        Tta::FiveCrop | Tta::TenCrop => {
+            let p = FloatPlanes::resized(img, spec);
+            let (bottom, right) = (p.h as i64 - ch as i64, p.w as i64 - cw as i64);
+            let corners = [(0, 0), (0, right), (bottom, 0), (bottom, right)];
+            let flips: &[bool] = if tta == Tta::TenCrop {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            let mut v = vec![];
+            for &flip in flips {
+                v.extend(
+                    corners
+                        .iter()
+                        .map(|&(t, l)| p.view(t, l, ch, cw, flip, spec)),
+                );
+                v.push(centre(&p, flip));
+            }
+            v
+        }
+        Tta::MultiScale => [0.875, 1.0, 1.25]
+            .iter()
+            .map(|&k| {
+                let mut s = spec.clone();
+                if let Some(r) = s.resize.as_mut() {
+                    let scale = |v: u32| ((v as f64 * k).round() as u32).max(1);
+                    r.shorter_side = r.shorter_side.map(scale);
+                    r.size = r.size.map(|[a, b]| [scale(a), scale(b)]);
+                }
+                preprocess(img, &s)
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use hf_hub::api::sync::{ApiBuilder, ApiError};
 use hf_hub::api::Progress;
 use hf_hub::{Cache, Repo, RepoType};
 use indicatif::ProgressBar;
-use kiln_preprocess::hubspec::{self, HubFormat, HubSpec, KeyConvention};
+use kiln_preprocess::hubspec::{self, HfBackend, HubFormat, HubSpec, KeyConvention};
 use kiln_preprocess::{SpecError, TrainingSpec};
 use std::collections::HashMap;
 use std::io::Read;
@@ -191,6 +191,20 @@ impl std::fmt::Display for HubRef {
 /// Whether a `--model` value names a hub model.
 pub fn is_hub_ref(s: &str) -> bool {
     s.starts_with(HUB_PREFIX)
+}
+
+/// The prefix that marks a local model directory laid out as a hub repo.
+pub const DIR_PREFIX: &str = "hf-dir:";
+
+/// The directory a `--model` value names, if it names one: `hf-dir:PATH`, or a path to an
+/// existing directory that holds a `config.json` (so `--model resnet50` stays an architecture
+/// name even beside a directory of that name without one).
+pub fn local_dir_ref(s: &str) -> Option<PathBuf> {
+    if let Some(rest) = s.strip_prefix(DIR_PREFIX) {
+        return Some(PathBuf::from(rest));
+    }
+    let p = Path::new(s);
+    (p.is_dir() && p.join(CONFIG_FILE).is_file()).then(|| p.to_path_buf())
 }
 
 /// Why a hub model could not be resolved. Every message names the repo and the file.
@@ -540,6 +554,16 @@ pub fn resolve(model: &str, opts: &HubOptions) -> Result<HubModel, HubError> {
 
 /// [`resolve`] for an already parsed reference.
 pub fn resolve_ref(r: &HubRef, opts: &HubOptions) -> Result<HubModel, HubError> {
+    resolve_ref_with(r, opts, None)
+}
+
+/// [`resolve_ref`] with the transformers image-processor backend chosen by the caller
+/// (`None`: the model's own default, see [`hubspec::hf_default_backend`]; ignored for timm).
+pub fn resolve_ref_with(
+    r: &HubRef,
+    opts: &HubOptions,
+    backend: Option<HfBackend>,
+) -> Result<HubModel, HubError> {
     let mut f = Fetcher::new(r, opts)?;
     let cfg = f.get(
         CONFIG_FILE,
@@ -564,7 +588,7 @@ pub fn resolve_ref(r: &HubRef, opts: &HubOptions) -> Result<HubModel, HubError> 
                 "; a transformers model needs its preprocessor_config.json for the input transform",
             )?;
             let pre_text = f.read_text(PREPROCESSOR_FILE, &pre)?;
-            hubspec::spec_from_hf(&pre_text, &cfg_text).map_err(config_err)?
+            hubspec::spec_from_hf_with(&pre_text, &cfg_text, backend).map_err(config_err)?
         }
     };
     let w = f.get(
@@ -652,6 +676,138 @@ pub fn resolve_ref(r: &HubRef, opts: &HubOptions) -> Result<HubModel, HubError> 
         format,
         hub_architecture: hs.hub_architecture,
         downloaded: f.downloaded,
+    })
+}
+
+/// Resolves a local directory laid out as a hub repo: transformers' `config.json` +
+/// `preprocessor_config.json` + `model.safetensors` (as `save_pretrained` writes them), or
+/// timm's `config.json` + `model.safetensors`. The same spec rules and key maps as for `hf:`
+/// repos apply; renamed weights are written under `CACHE/kiln/local/`, keyed by the
+/// directory, and rebuilt when the weights file changes (size or modification time).
+pub fn resolve_dir(
+    dir: &Path,
+    opts: &HubOptions,
+    backend: Option<HfBackend>,
+) -> Result<HubModel, HubError> {
+    let name = dir.display().to_string();
+    let io = |p: &Path, e: std::io::Error| HubError::Io {
+        path: p.display().to_string(),
+        reason: e.to_string(),
+    };
+    let config_err = |error: SpecError| HubError::Config {
+        repo: name.clone(),
+        error,
+    };
+    if !dir.is_dir() {
+        return Err(HubError::Io {
+            path: name.clone(),
+            reason: "not a directory (a local model is a directory with config.json and model.safetensors)".into(),
+        });
+    }
+    let cfg_path = dir.join(CONFIG_FILE);
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| io(&cfg_path, e))?;
+    let format = hubspec::detect_format(&cfg_text).map_err(|e| config_err(e.in_file(&cfg_path)))?;
+    let hs: HubSpec = match format {
+        HubFormat::Timm => {
+            hubspec::spec_from_timm(&cfg_text).map_err(|e| config_err(e.in_file(&cfg_path)))?
+        }
+        HubFormat::Transformers => {
+            hubspec::spec_from_hub_files_with(format, dir, backend).map_err(config_err)?
+        }
+    };
+    let w_path = dir.join(WEIGHTS_FILE);
+    let bytes = std::fs::read(&w_path).map_err(|e| {
+        let mut err = io(&w_path, e);
+        if let HubError::Io { reason, .. } = &mut err {
+            reason.push_str(
+                " (kiln reads model.safetensors; `kiln convert` turns a .pth/.bin into one)",
+            );
+        }
+        err
+    })?;
+    let weights_err = |reason: String| HubError::Weights {
+        repo: name.clone(),
+        file: WEIGHTS_FILE.to_string(),
+        reason,
+    };
+    if let Err(e) = safetensors::SafeTensors::deserialize(&bytes) {
+        return Err(weights_err(format!("not a valid safetensors file ({e})")));
+    }
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let meta = std::fs::metadata(&w_path).map_err(|e| io(&w_path, e))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    // What identifies this very weights file: its size and modification time.
+    let blob = format!("local:{}:{mtime}", meta.len());
+    let key = format!(
+        "{:016x}",
+        canonical
+            .to_string_lossy()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64)
+                .wrapping_mul(0x100_0000_01b3))
+    );
+    let derived = opts.derived_dir().join("local").join(key);
+    let weights_path = if needs_renaming(hs.keys, &bytes).map_err(&weights_err)? {
+        let out = derived.join(WEIGHTS_FILE);
+        if !derived_is_current(&out, &blob) {
+            let mut meta = HashMap::new();
+            meta.insert("format".to_string(), "pt".to_string());
+            meta.insert(
+                "kiln.converted_from".to_string(),
+                format!("{} ({:?} names)", w_path.display(), hs.keys),
+            );
+            meta.insert(SOURCE_BLOB_KEY.to_string(), blob.clone());
+            let renamed = rename_safetensors(&bytes, hs.keys, meta).map_err(&weights_err)?;
+            write_atomic(&out, &renamed)?;
+        }
+        out
+    } else {
+        w_path.clone()
+    };
+    drop(bytes);
+    let labels = match &hs.labels {
+        None => None,
+        Some(names) => {
+            let p = derived.join("labels.json");
+            let text = serde_json::to_string_pretty(names).expect("strings serialise");
+            if std::fs::read_to_string(&p).ok().as_deref() != Some(text.as_str()) {
+                write_atomic(&p, text.as_bytes())?;
+            }
+            Some(p)
+        }
+    };
+    let mut files = vec![CONFIG_FILE];
+    if format == HubFormat::Transformers {
+        files.push(PREPROCESSOR_FILE);
+    }
+    let origin = format!(
+        "{name} {} ({}, local directory)",
+        files.join(" + "),
+        format.name()
+    );
+    let mut spec = hs.spec;
+    spec.source.insert(
+        "local_dir".into(),
+        serde_json::Value::from(canonical.display().to_string()),
+    );
+    Ok(HubModel {
+        weights_path,
+        spec,
+        labels,
+        origin,
+        reference: HubRef {
+            repo_id: name.clone(),
+            revision: "local".into(),
+        },
+        commit: "local".into(),
+        format,
+        hub_architecture: hs.hub_architecture,
+        downloaded: vec![],
     })
 }
 
