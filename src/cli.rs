@@ -186,6 +186,10 @@ struct ConvertArgs {
     /// A training spec to validate and embed.
     #[arg(long)]
     spec: Option<PathBuf>,
+    /// Remove this prefix from every key that has it (e.g. `backbone.`) instead of the
+    /// wrapper prefix kiln detects.
+    #[arg(long, value_name = "PREFIX")]
+    strip_prefix: Option<String>,
 }
 
 #[derive(Args)]
@@ -695,7 +699,25 @@ fn convert(a: ConvertArgs) -> Result<(), Failure> {
         .map(TrainingSpec::from_file)
         .transpose()
         .map_err(RuntimeError::from)?;
-    let report = kiln_runtime::convert_pth(&a.input, &a.output, spec.as_ref())?;
+    let report = kiln_runtime::convert_pth_with(
+        &a.input,
+        &a.output,
+        spec.as_ref(),
+        a.strip_prefix.as_deref(),
+    )?;
+    if let Some(k) = &report.dict_key {
+        outln!(out, "weights taken from the checkpoint's `{k}` dict");
+    }
+    if !report.other_dict_keys.is_empty() {
+        outln!(
+            out,
+            "also present, not used: {} (kiln prefers the model's own weights to EMA ones)",
+            report.other_dict_keys.join(", ")
+        );
+    }
+    if let Some(p) = &report.stripped_prefix {
+        outln!(out, "stripped the wrapper prefix `{p}` from every key");
+    }
     outln!(
         out,
         "{} ({:?} format) -> {}: {} tensors, {} parameters{}{}",
