@@ -50,6 +50,34 @@ enum Command {
     Spec(SpecArgs),
     /// Time forward passes on synthetic input: latency percentiles and images/s.
     Bench(crate::bench::BenchArgs),
+    /// Write the pixels kiln decoded from an image (after EXIF orientation) as a PNG.
+    Decode(DecodeArgs),
+    /// Write the exact tensor fed to the network for an image (safetensors, spec in the
+    /// metadata), and a PNG preview of the resized and cropped pixels beside it.
+    Preprocess(Box<PreprocessArgs>),
+}
+
+#[derive(Args)]
+struct DecodeArgs {
+    /// The image.
+    input: PathBuf,
+    /// The PNG to write.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct PreprocessArgs {
+    /// The image.
+    input: PathBuf,
+    /// The safetensors file to write (tensor `input`, `[1, 3, H, W]` or as the spec's layout
+    /// says); the preview goes to the same path with the extension `.png`.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    overrides: OverrideArgs,
 }
 
 #[derive(Args)]
@@ -246,6 +274,8 @@ pub fn run() -> ExitCode {
         Command::Convert(a) => convert(a).map(|_| EXIT_OK),
         Command::Inspect(a) => inspect(a).map(|_| EXIT_OK),
         Command::Spec(a) => spec_from_hub(a).map(|_| EXIT_OK),
+        Command::Decode(a) => decode_cmd(a).map(|_| EXIT_OK),
+        Command::Preprocess(a) => preprocess_cmd(*a).map(|_| EXIT_OK),
         Command::Bench(a) => crate::bench::run(a)
             .map(|_| EXIT_OK)
             .map_err(Failure::Usage),
@@ -688,6 +718,62 @@ fn spec_from_hub(a: SpecArgs) -> Result<(), Failure> {
         std::fs::write(p, names.join("\n") + "\n")
             .with_context(|| format!("writing {}", p.display()))?;
     }
+    Ok(())
+}
+
+fn decode_cmd(a: DecodeArgs) -> Result<(), Failure> {
+    let img = kiln_preprocess::decode_file(&a.input, &DecodeOptions::default())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if a.output.extension().and_then(|e| e.to_str()) != Some("png") {
+        return Err(
+            anyhow::anyhow!("{}: the output must be a .png file", a.output.display()).into(),
+        );
+    }
+    img.rgb
+        .save(&a.output)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    let mut out = String::new();
+    outln!(
+        out,
+        "{} -> {}: {}x{} RGB",
+        a.input.display(),
+        a.output.display(),
+        img.rgb.width(),
+        img.rgb.height()
+    );
+    print_out(&out);
+    Ok(())
+}
+
+fn preprocess_cmd(a: PreprocessArgs) -> Result<(), Failure> {
+    let classifier = build_classifier(&a.model, &a.overrides, DecodeOptions::default())?;
+    let spec = classifier.spec().clone();
+    let img = kiln_preprocess::decode_file(&a.input, &DecodeOptions::default())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let geo = kiln_preprocess::transform::geometry(&img.rgb, &spec);
+    let t = kiln_preprocess::transform::to_tensor(&geo, &spec);
+    let mut meta = std::collections::HashMap::new();
+    meta.insert(
+        kiln_preprocess::SPEC_METADATA_KEY.to_string(),
+        spec.to_json(),
+    );
+    meta.insert("kiln.source".to_string(), a.input.display().to_string());
+    let mut shape = vec![1];
+    shape.extend(t.shape);
+    kiln_runtime::write_f32_tensor(&a.output, "input", shape.clone(), &t.data, &meta)?;
+    let preview = a.output.with_extension("png");
+    geo.save(&preview)
+        .with_context(|| format!("writing {}", preview.display()))?;
+    let mut out = String::new();
+    outln!(
+        out,
+        "{} -> {}: tensor `input` {:?} (preview {})",
+        a.input.display(),
+        a.output.display(),
+        shape,
+        preview.display()
+    );
+    print_out(&out);
     Ok(())
 }
 

@@ -435,3 +435,19 @@ pub fn write_safetensors(
     }
     std::fs::write(path, out).map_err(|e| fail(e.to_string()))
 }
+
+/// Writes one f32 tensor `name` of `shape` with `metadata`: what `kiln preprocess` saves.
+pub fn write_f32_tensor(
+    path: &Path,
+    name: &str,
+    shape: Vec<usize>,
+    values: &[f32],
+    metadata: &HashMap<String, String>,
+) -> Result<(), RuntimeError> {
+    let t = RawTensor {
+        dtype: safetensors::Dtype::F32,
+        shape,
+        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    write_safetensors(path, &[(name.to_string(), t)], metadata)
+}
