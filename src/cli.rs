@@ -53,6 +53,34 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// Show where the network looked: class activation heatmaps over each photo, as PNG.
     Explain(Box<crate::explain::ExplainArgs>),
+    /// Write the pixels kiln decoded from an image (after EXIF orientation) as a PNG.
+    Decode(DecodeArgs),
+    /// Write the exact tensor fed to the network for an image (safetensors, spec in the
+    /// metadata), and a PNG preview of the resized and cropped pixels beside it.
+    Preprocess(Box<PreprocessArgs>),
+}
+
+#[derive(Args)]
+struct DecodeArgs {
+    /// The image.
+    input: PathBuf,
+    /// The PNG to write.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct PreprocessArgs {
+    /// The image.
+    input: PathBuf,
+    /// The safetensors file to write (tensor `input`, `[1, 3, H, W]` or as the spec's layout
+    /// says); the preview goes to the same path with the extension `.png`.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    overrides: OverrideArgs,
 }
 
 #[derive(Args)]
@@ -194,6 +222,10 @@ struct ConvertArgs {
     /// A training spec to validate and embed.
     #[arg(long)]
     spec: Option<PathBuf>,
+    /// Remove this prefix from every key that has it (e.g. `backbone.`) instead of the
+    /// wrapper prefix kiln detects.
+    #[arg(long, value_name = "PREFIX")]
+    strip_prefix: Option<String>,
 }
 
 #[derive(Args)]
@@ -258,6 +290,8 @@ pub fn run() -> ExitCode {
         Command::Inspect(a) => inspect(a).map(|_| EXIT_OK),
         Command::Spec(a) => spec_from_hub(a).map(|_| EXIT_OK),
         Command::Explain(a) => crate::explain::run(*a),
+        Command::Decode(a) => decode_cmd(a).map(|_| EXIT_OK),
+        Command::Preprocess(a) => preprocess_cmd(*a).map(|_| EXIT_OK),
         Command::Bench(a) => crate::bench::run(a)
             .map(|_| EXIT_OK)
             .map_err(Failure::Usage),
@@ -711,6 +745,62 @@ fn spec_from_hub(a: SpecArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn decode_cmd(a: DecodeArgs) -> Result<(), Failure> {
+    let img = kiln_preprocess::decode_file(&a.input, &DecodeOptions::default())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if a.output.extension().and_then(|e| e.to_str()) != Some("png") {
+        return Err(
+            anyhow::anyhow!("{}: the output must be a .png file", a.output.display()).into(),
+        );
+    }
+    img.rgb
+        .save(&a.output)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    let mut out = String::new();
+    outln!(
+        out,
+        "{} -> {}: {}x{} RGB",
+        a.input.display(),
+        a.output.display(),
+        img.rgb.width(),
+        img.rgb.height()
+    );
+    print_out(&out);
+    Ok(())
+}
+
+fn preprocess_cmd(a: PreprocessArgs) -> Result<(), Failure> {
+    let classifier = build_classifier(&a.model, &a.overrides, DecodeOptions::default())?;
+    let spec = classifier.spec().clone();
+    let img = kiln_preprocess::decode_file(&a.input, &DecodeOptions::default())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let geo = kiln_preprocess::transform::geometry(&img.rgb, &spec);
+    let t = kiln_preprocess::transform::to_tensor(&geo, &spec);
+    let mut meta = std::collections::HashMap::new();
+    meta.insert(
+        kiln_preprocess::SPEC_METADATA_KEY.to_string(),
+        spec.to_json(),
+    );
+    meta.insert("kiln.source".to_string(), a.input.display().to_string());
+    let mut shape = vec![1];
+    shape.extend(t.shape);
+    kiln_runtime::write_f32_tensor(&a.output, "input", shape.clone(), &t.data, &meta)?;
+    let preview = a.output.with_extension("png");
+    geo.save(&preview)
+        .with_context(|| format!("writing {}", preview.display()))?;
+    let mut out = String::new();
+    outln!(
+        out,
+        "{} -> {}: tensor `input` {:?} (preview {})",
+        a.input.display(),
+        a.output.display(),
+        shape,
+        preview.display()
+    );
+    print_out(&out);
+    Ok(())
+}
+
 fn convert(a: ConvertArgs) -> Result<(), Failure> {
     let mut out = String::new();
     let spec = a
@@ -719,7 +809,25 @@ fn convert(a: ConvertArgs) -> Result<(), Failure> {
         .map(TrainingSpec::from_file)
         .transpose()
         .map_err(RuntimeError::from)?;
-    let report = kiln_runtime::convert_pth(&a.input, &a.output, spec.as_ref())?;
+    let report = kiln_runtime::convert_pth_with(
+        &a.input,
+        &a.output,
+        spec.as_ref(),
+        a.strip_prefix.as_deref(),
+    )?;
+    if let Some(k) = &report.dict_key {
+        outln!(out, "weights taken from the checkpoint's `{k}` dict");
+    }
+    if !report.other_dict_keys.is_empty() {
+        outln!(
+            out,
+            "also present, not used: {} (kiln prefers the model's own weights to EMA ones)",
+            report.other_dict_keys.join(", ")
+        );
+    }
+    if let Some(p) = &report.stripped_prefix {
+        outln!(out, "stripped the wrapper prefix `{p}` from every key");
+    }
     outln!(
         out,
         "{} ({:?} format) -> {}: {} tensors, {} parameters{}{}",

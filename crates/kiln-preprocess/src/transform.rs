@@ -62,9 +62,10 @@ pub fn check_resize_fits(
 
 /// Resizes to `(w, h)` with the given filter, the way PIL does.
 ///
-/// With `antialias` (PIL's only behaviour, and so torchvision's on PIL images) this is
-/// [`crate::pil::resample`], a bit-exact port of Pillow's fixed-point convolution. Without it
-/// (torchvision's tensor path with `antialias=False`) the filter keeps its fixed support.
+/// With `antialias` (the PIL path: torchvision's transforms on PIL images, where PIL always
+/// antialiases) this is [`crate::pil::resample`] or, for nearest, [`crate::pil::nearest`]:
+/// bit-exact ports of Pillow 13's `Image.resize`. Without it (torchvision's tensor path with
+/// `antialias=False`) the filter keeps its fixed support.
 pub fn resize_rgb(
     img: &RgbImage,
     w: u32,
@@ -75,14 +76,15 @@ pub fn resize_rgb(
     if img.dimensions() == (w, h) {
         return img.clone();
     }
-    let filter = match interp {
-        Interpolation::Nearest => None,
-        Interpolation::Bilinear => Some(crate::pil::Filter::Bilinear),
-        Interpolation::Bicubic => Some(crate::pil::Filter::Bicubic),
-        Interpolation::Lanczos => Some(crate::pil::Filter::Lanczos),
-    };
-    if let (Some(f), true) = (filter, antialias) {
-        return crate::pil::resample(img, w, h, f);
+    if antialias {
+        return match interp {
+            Interpolation::Nearest => crate::pil::nearest(img, w, h),
+            Interpolation::Bilinear => {
+                crate::pil::resample(img, w, h, crate::pil::Filter::Bilinear)
+            }
+            Interpolation::Bicubic => crate::pil::resample(img, w, h, crate::pil::Filter::Bicubic),
+            Interpolation::Lanczos => crate::pil::resample(img, w, h, crate::pil::Filter::Lanczos),
+        };
     }
     // Without antialias (which PIL does not have) this is torchvision's tensor path; PIL's
     // NEAREST picks the pixel under each output centre, PyTorch's nearest-exact.
@@ -178,8 +180,16 @@ pub fn center_crop_origin_for(
 
 /// The top-left corner of torchvision's centre crop of `crop` out of `size` (both `(h, w)`).
 /// torchvision rounds `(size - crop) / 2` with Python's `round`, which rounds halves to even.
+/// Along an axis where the crop is larger than the image, torchvision first pads with
+/// `(crop - size) // 2` zeros before (the odd one goes after), so the offset is that, negated.
 pub fn center_crop_origin(size: (u32, u32), crop: (u32, u32)) -> (i64, i64) {
-    let off = |s: u32, c: u32| ((s as f64 - c as f64) / 2.0).round_ties_even() as i64;
+    let off = |s: u32, c: u32| {
+        if c > s {
+            -(((c - s) / 2) as i64)
+        } else {
+            ((s as f64 - c as f64) / 2.0).round_ties_even() as i64
+        }
+    };
     (off(size.0, crop.0), off(size.1, crop.1))
 }
 
@@ -367,6 +377,8 @@ mod tests {
         assert_eq!(center_crop_origin((257, 259), (224, 224)), (16, 18));
         // Smaller than the crop: negative offset, padded with zeros.
         assert_eq!(center_crop_origin((200, 224), (224, 224)), (-12, 0));
+        // Padding puts the odd zero row after the image (torchvision's `(c - s) // 2` before).
+        assert_eq!(center_crop_origin((221, 97), (300, 300)), (-39, -101));
         let img = RgbImage::from_pixel(10, 10, image::Rgb([9, 9, 9]));
         let c = center_crop(&img, 12, 10);
         assert_eq!(c.get_pixel(0, 0).0, [0, 0, 0]);

@@ -29,7 +29,10 @@ pub use classifier::{
 pub use device::{device_name, parse_device};
 pub use hub::{HubError, HubModel, HubOptions, HubRef};
 pub use kiln_preprocess::{DecodeOptions, InputError, SpecError, TrainingSpec, Tta};
-pub use weights::{convert_pth, resolve_spec, ConvertReport, SpecOrigin, WeightFile};
+pub use weights::{
+    convert_pth, convert_pth_with, resolve_spec, write_f32_tensor, ConvertReport, SpecOrigin,
+    WeightFile,
+};
 
 /// Everything that can go wrong in the runtime.
 #[derive(Debug, thiserror::Error)]

@@ -92,7 +92,24 @@ pub struct Checkpoint {
     pub format: PthFormat,
     /// `(key, tensor)` pairs.
     pub tensors: Vec<(String, RawTensor)>,
+    /// The key of the training checkpoint's dict the weights were taken from (`state_dict`,
+    /// `model_state_dict`, `model`, `ema`, `model_ema`), or `None` for a bare state dict.
+    pub dict_key: Option<String>,
+    /// Other weight dicts the checkpoint also held (e.g. `model_ema` beside `model`), not used.
+    pub other_dict_keys: Vec<String>,
 }
+
+/// Where training code puts the weights, in the order they are preferred: the model's own
+/// weights first (what `model.state_dict()` gives and what was evaluated), EMA weights only when
+/// the checkpoint holds nothing else.
+pub const STATE_DICT_KEYS: [&str; 6] = [
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "ema",
+    "model_ema",
+    "state_dict_ema",
+];
 
 /// A tensor's reference into a storage, before the storage bytes are known.
 struct TensorRef {
@@ -161,7 +178,7 @@ fn read_legacy(bytes: &[u8]) -> Result<Checkpoint, String> {
             return Err("big-endian checkpoints are not supported".into());
         }
     }
-    let refs = tensor_refs(unpickle(&mut r)?)?;
+    let (refs, dict_key, other_dict_keys) = tensor_refs(unpickle(&mut r)?)?;
     let keys = match unpickle(&mut r)? {
         Object::List(keys) => keys
             .into_iter()
@@ -193,6 +210,8 @@ fn read_legacy(bytes: &[u8]) -> Result<Checkpoint, String> {
     Ok(Checkpoint {
         format: PthFormat::Legacy,
         tensors,
+        dict_key,
+        other_dict_keys,
     })
 }
 
@@ -209,7 +228,7 @@ fn read_zip(bytes: &[u8]) -> Result<Checkpoint, String> {
     zip.by_name(&pkl)
         .and_then(|mut f| f.read_to_end(&mut pickle).map_err(Into::into))
         .map_err(|e| format!("reading {pkl}: {e}"))?;
-    let refs = tensor_refs(unpickle(&mut Cursor::new(&pickle[..]))?)?;
+    let (refs, dict_key, other_dict_keys) = tensor_refs(unpickle(&mut Cursor::new(&pickle[..]))?)?;
     let mut cache: HashMap<String, Vec<u8>> = HashMap::new();
     let tensors = materialise(refs, |key| {
         if let Some(d) = cache.get(key) {
@@ -226,25 +245,56 @@ fn read_zip(bytes: &[u8]) -> Result<Checkpoint, String> {
     Ok(Checkpoint {
         format: PthFormat::Zip,
         tensors,
+        dict_key,
+        other_dict_keys,
     })
 }
 
+/// The state dict, its key in the checkpoint and the other weight dicts present.
+type Found = (Vec<TensorRef>, Option<String>, Vec<String>);
+
 /// Finds the state dict in the unpickled object and describes each tensor in it.
-fn tensor_refs(obj: Object) -> Result<Vec<TensorRef>, String> {
+fn tensor_refs(obj: Object) -> Result<Found, String> {
     let mut items = match obj {
         Object::Dict(items) => items,
         o => return Err(format!("top-level object is not a dict: {}", short(&o))),
     };
     // Training checkpoints often wrap the state dict.
     let is_tensor = |o: &Object| matches!(o, Object::Reduce { .. });
+    let (mut dict_key, mut others) = (None, vec![]);
     if !items.iter().any(|(_, v)| is_tensor(v)) {
-        let nested = items.iter().position(|(k, v)| {
-            matches!(k, Object::Unicode(s) if s == "state_dict" || s == "model" || s == "model_state_dict")
-                && matches!(v, Object::Dict(_))
-        });
-        match nested.map(|i| items.swap_remove(i).1) {
-            Some(Object::Dict(inner)) => items = inner,
-            _ => return Err("no tensors at the top level nor under state_dict/model".into()),
+        let holds_tensors = |v: &Object| matches!(v, Object::Dict(d) if d.iter().any(|(_, t)| matches!(t, Object::Reduce { .. })));
+        let present: Vec<(&str, usize)> = STATE_DICT_KEYS
+            .iter()
+            .filter_map(|&name| {
+                items
+                    .iter()
+                    .position(|(k, v)| {
+                        matches!(k, Object::Unicode(s) if s == name) && holds_tensors(v)
+                    })
+                    .map(|i| (name, i))
+            })
+            .collect();
+        let Some(&(name, i)) = present.first() else {
+            let keys: Vec<String> = items
+                .iter()
+                .take(12)
+                .map(|(k, _)| match k {
+                    Object::Unicode(s) => s.clone(),
+                    o => short(o),
+                })
+                .collect();
+            return Err(format!(
+                "no tensors at the top level nor under {} (the checkpoint's keys: {})",
+                STATE_DICT_KEYS.join(", "),
+                keys.join(", ")
+            ));
+        };
+        others = present[1..].iter().map(|(n, _)| n.to_string()).collect();
+        dict_key = Some(name.to_string());
+        match items.swap_remove(i).1 {
+            Object::Dict(inner) => items = inner,
+            _ => unreachable!("checked to be a dict"),
         }
     }
     // Python pickles a dict's items in batches of 1000 (SETITEMS), and candle's unpickler
@@ -262,7 +312,7 @@ fn tensor_refs(obj: Object) -> Result<Vec<TensorRef>, String> {
     if out.is_empty() {
         return Err("the state dict holds no tensors".into());
     }
-    Ok(out)
+    Ok((out, dict_key, others))
 }
 
 fn short(o: &Object) -> String {

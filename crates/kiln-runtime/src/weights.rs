@@ -175,19 +175,176 @@ pub struct ConvertReport {
     pub dropped: Vec<String>,
     /// Total parameters written.
     pub parameters: usize,
+    /// The checkpoint dict the weights came from (`model_state_dict`, ...), if any.
+    pub dict_key: Option<String>,
+    /// Other weight dicts in the checkpoint, not used (e.g. `model_ema` beside `model`).
+    pub other_dict_keys: Vec<String>,
+    /// The wrapper prefix removed from every key (`backbone.`, `module.model.`, ...), if any.
+    pub stripped_prefix: Option<String>,
+}
+
+/// The first convolution's weight of each family: with the classifier's, what a state dict of
+/// that architecture must contain, whatever its size.
+fn stem_key(family: &str) -> &'static str {
+    match family {
+        "resnet" => "conv1.weight",
+        "mobilenet_v2" => "features.0.0.weight",
+        _ => "_conv_stem.weight",
+    }
+}
+
+fn signature(entry: &kiln_models::ArchEntry) -> [String; 2] {
+    [
+        stem_key(entry.family).to_string(),
+        format!("{}.weight", entry.classifier),
+    ]
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Finds the wrapper prefix to strip so that the keys fit the architecture: the shortest run of
+/// leading key components shared by every key (`backbone.`, `module.model.`, ...) after which
+/// the architecture's stem and classifier weights are present. `Ok(None)`: the keys fit as they
+/// are. Without a spec any registered architecture may fit; when none does, the keys are kept
+/// as they are (kiln cannot know what they should be). With a spec, nothing fitting is an error
+/// naming the first unmatched keys and the nearest expected ones.
+fn find_prefix(
+    names: &[&str],
+    spec: Option<&TrainingSpec>,
+    forced: Option<&str>,
+) -> Result<Option<String>, String> {
+    let archs: Vec<&kiln_models::ArchEntry> = match spec {
+        Some(s) => vec![kiln_models::find(&s.architecture).map_err(|e| e.to_string())?],
+        None => kiln_models::ARCHITECTURES.iter().collect(),
+    };
+    let set: std::collections::HashSet<&str> = names.iter().copied().collect();
+    let fits = |prefix: &str| {
+        archs.iter().any(|a| {
+            signature(a)
+                .iter()
+                .all(|k| set.contains(format!("{prefix}{k}").as_str()))
+        })
+    };
+    let mut candidates = vec![];
+    if let Some(p) = forced {
+        if !names.iter().any(|n| n.starts_with(p)) {
+            return Err(format!(
+                "no key starts with the prefix `{p}` given by --strip-prefix (first keys: {})",
+                names.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        candidates.push(p.to_string());
+    } else {
+        candidates.push(String::new());
+        let first: Vec<&str> = names
+            .first()
+            .map(|n| n.split('.').collect())
+            .unwrap_or_default();
+        for k in 1..first.len() {
+            let p = format!("{}.", first[..k].join("."));
+            if !names.iter().all(|n| n.starts_with(&p)) {
+                break;
+            }
+            candidates.push(p);
+        }
+    }
+    for p in &candidates {
+        if fits(p) {
+            return Ok((!p.is_empty()).then(|| p.clone()));
+        }
+    }
+    if spec.is_none() {
+        return Ok(forced.map(str::to_string));
+    }
+    let arch = archs[0];
+    let strip = candidates.last().cloned().unwrap_or_default();
+    let nearest: Vec<String> = signature(arch)
+        .iter()
+        .filter(|k| !set.contains(format!("{strip}{k}").as_str()))
+        .map(|k| {
+            let near = names
+                .iter()
+                .min_by_key(|n| levenshtein(n.strip_prefix(strip.as_str()).unwrap_or(n), k))
+                .copied()
+                .unwrap_or("");
+            format!("`{k}` (nearest key in the checkpoint: `{near}`)")
+        })
+        .collect();
+    let unmatched: Vec<&str> = names.iter().take(5).copied().collect();
+    Err(format!(
+        "the keys do not fit `{}`{}: expected {}; the checkpoint's first keys are {} \
+         (a wrapper prefix can be removed with --strip-prefix PREFIX)",
+        arch.name,
+        if strip.is_empty() {
+            String::new()
+        } else {
+            format!(" even without the prefix `{strip}`")
+        },
+        nearest.join(", "),
+        unmatched
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 /// Converts a PyTorch checkpoint (zip or legacy) to safetensors, dropping `num_batches_tracked`
-/// and embedding `spec` (validated) under `kiln.spec`.
+/// and embedding `spec` (validated) under `kiln.spec`. A wrapper prefix that keeps the keys from
+/// fitting the architecture is detected and removed (see [`convert_pth_with`]).
 pub fn convert_pth(
     input: &Path,
     output: &Path,
     spec: Option<&TrainingSpec>,
 ) -> Result<ConvertReport, RuntimeError> {
+    convert_pth_with(input, output, spec, None)
+}
+
+/// [`convert_pth`] with an explicit wrapper prefix to strip (`--strip-prefix`) instead of the
+/// detected one. The weights are taken from the checkpoint dict under `state_dict`,
+/// `model_state_dict`, `model`, `ema`, `model_ema` or `state_dict_ema` (the first present, in
+/// that order) when the top level holds no tensors.
+pub fn convert_pth_with(
+    input: &Path,
+    output: &Path,
+    spec: Option<&TrainingSpec>,
+    strip_prefix: Option<&str>,
+) -> Result<ConvertReport, RuntimeError> {
     let ckpt = read_pth(input)?;
+    let names: Vec<&str> = ckpt
+        .tensors
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !n.ends_with("num_batches_tracked"))
+        .collect();
+    let prefix =
+        find_prefix(&names, spec, strip_prefix).map_err(|reason| RuntimeError::Weights {
+            path: input.display().to_string(),
+            reason,
+        })?;
     let mut dropped = vec![];
     let mut kept = vec![];
     for (name, t) in ckpt.tensors {
+        let name = match &prefix {
+            Some(p) => name
+                .strip_prefix(p.as_str())
+                .map(str::to_string)
+                .unwrap_or(name),
+            None => name,
+        };
         if name.ends_with("num_batches_tracked") {
             dropped.push(name);
         } else {
@@ -216,6 +373,9 @@ pub fn convert_pth(
             .iter()
             .map(|(_, t)| t.shape.iter().product::<usize>())
             .sum(),
+        dict_key: ckpt.dict_key,
+        other_dict_keys: ckpt.other_dict_keys,
+        stripped_prefix: prefix,
     })
 }
 
@@ -274,4 +434,20 @@ pub fn write_safetensors(
         out.extend_from_slice(&t.data);
     }
     std::fs::write(path, out).map_err(|e| fail(e.to_string()))
+}
+
+/// Writes one f32 tensor `name` of `shape` with `metadata`: what `kiln preprocess` saves.
+pub fn write_f32_tensor(
+    path: &Path,
+    name: &str,
+    shape: Vec<usize>,
+    values: &[f32],
+    metadata: &HashMap<String, String>,
+) -> Result<(), RuntimeError> {
+    let t = RawTensor {
+        dtype: safetensors::Dtype::F32,
+        shape,
+        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
+    write_safetensors(path, &[(name.to_string(), t)], metadata)
 }
