@@ -33,15 +33,9 @@ const MODELS: &[&str] = &[
     "vit_200x240_bicubic",
 ];
 
-/// PIL-backend cases where kiln's PIL resampler (`kiln_preprocess::pil`, owned by the resample
-/// work, not this test's subject) still differs from Pillow 13: Pillow runs the vertical pass
-/// first for some reductions, and its NEAREST is not yet ported. Reported, not failed; the
-/// torchvision backend has no such list.
-const KNOWN_PIL_RESAMPLER_GAPS: &[(&str, &str)] = &[
-    ("convnext_384_warp", "n02669723_academic_gown.png"),
-    ("vit_200x240_bicubic", "n02669723_academic_gown.png"),
-    ("vit_224_nearest", "n02815834_beaker.png"),
-];
+/// PIL-backend cases allowed to differ from Pillow 13 (reported, not failed). Empty since
+/// `kiln_preprocess::pil` runs Pillow's pass order and its NEAREST: every case must match.
+const KNOWN_PIL_RESAMPLER_GAPS: &[(&str, &str)] = &[];
 
 fn fixtures() -> PathBuf {
     common::repo().join("tests/fixtures/hf")
