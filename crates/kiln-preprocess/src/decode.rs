@@ -11,6 +11,7 @@ use std::path::Path;
 mod exif;
 mod gif;
 mod png;
+mod tiff;
 
 use crate::InputError;
 
@@ -85,7 +86,15 @@ pub fn decode_bytes(
             path: source.into(),
         });
     }
-    match std::panic::catch_unwind(AssertUnwindSafe(|| decode_unguarded(bytes, source, opts))) {
+    guarded(source, || decode_unguarded(bytes, source, opts))
+}
+
+/// Runs `f`, turning a panic inside it into `source`'s [`InputError::Corrupt`].
+fn guarded(
+    source: &str,
+    f: impl FnOnce() -> Result<Decoded, InputError>,
+) -> Result<Decoded, InputError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
             let msg = payload
@@ -156,14 +165,8 @@ fn decode_unguarded(
 
     let (rgb, original_color, orientation) = match format {
         ImageFormat::Png => {
-            let p = png::decode(bytes, max_alloc).map_err(|e| match e {
-                ::png::DecodingError::IoError(io)
-                    if io.kind() == std::io::ErrorKind::UnexpectedEof =>
-                {
-                    corrupt("truncated PNG data".into())
-                }
-                other => corrupt(format!("PNG: {other}")),
-            })?;
+            let prepared = png::prepare(bytes).map_err(&corrupt)?;
+            let p = png::decode(&prepared, max_alloc).map_err(&corrupt)?;
             (p.rgb, p.color, exif::to_orientation(p.orientation))
         }
         ImageFormat::Gif => {
@@ -177,6 +180,17 @@ fn decode_unguarded(
         ImageFormat::Jpeg => {
             let (img, orientation) = decode_jpeg(bytes, source, max_alloc)?;
             let color = img.color();
+            (to_rgb8(img), color, orientation)
+        }
+        ImageFormat::Tiff if tiff::is_planar(bytes) => {
+            let img =
+                tiff::decode_planar(bytes, max_alloc).map_err(|r| corrupt(format!("TIFF: {r}")))?;
+            let color = img.color();
+            let orientation = reader()
+                .into_decoder()
+                .ok()
+                .and_then(|mut d| d.orientation().ok())
+                .unwrap_or(image::metadata::Orientation::NoTransforms);
             (to_rgb8(img), color, orientation)
         }
         _ => {
@@ -202,7 +216,26 @@ fn decode_unguarded(
             let img = DynamicImage::from_decoder(decoder)
                 .map_err(|e| map_image_error(e, source, format))?;
             let color = img.color();
-            (to_rgb8(img), color, orientation)
+            let rgb = if format == ImageFormat::Tiff
+                && color.has_alpha()
+                && color.channel_count() == 4
+                && tiff::associated_alpha(bytes)
+            {
+                // Premultiplied alpha: PIL divides it out before `convert("RGB")` drops it.
+                let mut rgba = match img {
+                    DynamicImage::ImageRgba16(i) => {
+                        i.into_raw().iter().map(|v| (v >> 8) as u8).collect()
+                    }
+                    other => other.into_rgba8().into_raw(),
+                };
+                tiff::unpremultiply(&mut rgba);
+                to_rgb8(DynamicImage::ImageRgba8(
+                    image::RgbaImage::from_raw(w, h, rgba).expect("sized"),
+                ))
+            } else {
+                to_rgb8(img)
+            };
+            (rgb, color, orientation)
         }
     };
     let orientation = if opts.apply_exif_orientation {
@@ -371,6 +404,17 @@ mod tests {
         let e = decode_bytes(cut, "cut.png", &o).unwrap_err();
         assert!(matches!(e, InputError::Corrupt { .. }), "{e}");
         assert!(e.to_string().starts_with("cut.png"), "{e}");
+    }
+
+    #[test]
+    fn a_decoder_panic_is_that_files_error() {
+        let e = guarded("x.tif", || panic!("assertion failed: inside a decoder")).unwrap_err();
+        assert!(matches!(e, InputError::Corrupt { .. }), "{e}");
+        let s = e.to_string();
+        assert!(
+            s.starts_with("x.tif") && s.contains("assertion failed"),
+            "{s}"
+        );
     }
 
     #[test]

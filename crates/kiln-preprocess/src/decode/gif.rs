@@ -25,6 +25,19 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<Gif, String> {
         std::num::NonZeroU64::new(max_alloc.max(1)).expect("non-zero"),
     ));
     opts.check_frame_consistency(false);
+    // A GIF with neither a global nor a local colour table is grey indices to PIL (mode `L`);
+    // the `gif` crate refuses it, so give it a global grey ramp, which `needed` then drops.
+    let patched;
+    let bytes = if bytes.len() > 13 && bytes[10] & 0x80 == 0 && !has_local_table(bytes) {
+        let mut b = bytes[..13].to_vec();
+        b[10] |= 0x87;
+        b.extend((0..=255u8).flat_map(|v| [v; 3]));
+        b.extend_from_slice(&bytes[13..]);
+        patched = b;
+        &patched[..]
+    } else {
+        bytes
+    };
     let mut dec = opts
         .read_info(Cursor::new(bytes))
         .map_err(|e| e.to_string())?;
@@ -78,4 +91,26 @@ fn needed(p: &[u8]) -> Option<Vec<u8>> {
         .enumerate()
         .all(|(i, c)| c.iter().all(|&v| v as usize == i));
     (!ramp).then(|| p.to_vec())
+}
+
+/// Whether the first image descriptor (after any extension blocks) has a local colour table.
+fn has_local_table(b: &[u8]) -> bool {
+    let mut i = 13;
+    while i < b.len() {
+        match b[i] {
+            0x2C => return b.get(i + 9).is_some_and(|f| f & 0x80 != 0),
+            0x21 => {
+                // Extension: label, then sub-blocks until a zero length.
+                i += 2;
+                while let Some(&n) = b.get(i) {
+                    i += 1 + n as usize;
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            _ => return false,
+        }
+    }
+    false
 }

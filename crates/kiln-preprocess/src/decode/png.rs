@@ -43,7 +43,87 @@ pub(crate) fn check_ihdr(bytes: &[u8]) -> Result<(), String> {
     }
 }
 
-pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<Png, png::DecodingError> {
+/// What PIL's chunk reader refuses before it reaches the pixels, and the bytes to decode.
+///
+/// PIL verifies the CRC of every chunk before the first IDAT ("broken PNG file") but not of the
+/// image data, which its decoder reads straight through; it stops reading chunks once the
+/// pixels are complete, so a damaged or truncated chunk after them is no error. Here a chunk
+/// whose length runs past the end of the file ends the stream: an `IEND` is put in its place,
+/// and the `png` crate reports a truncation only if pixels are actually missing.
+pub(crate) fn prepare(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    let mut i = 8;
+    let mut seen_idat = false;
+    while i + 8 <= bytes.len() {
+        let n = u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize;
+        let kind = &bytes[i + 4..i + 8];
+        let end = i.checked_add(12).and_then(|v| v.checked_add(n));
+        match end {
+            Some(end) if end <= bytes.len() => {
+                if kind == b"IDAT" {
+                    seen_idat = true;
+                } else if !seen_idat {
+                    let stored = u32::from_be_bytes([
+                        bytes[end - 4],
+                        bytes[end - 3],
+                        bytes[end - 2],
+                        bytes[end - 1],
+                    ]);
+                    if crc32(&bytes[i + 4..end - 4]) != stored {
+                        return Err(format!(
+                            "broken PNG file (bad CRC in the {} chunk)",
+                            String::from_utf8_lossy(kind)
+                        ));
+                    }
+                }
+                if kind == b"IEND" {
+                    return Ok(bytes.into());
+                }
+                i = end;
+            }
+            _ => {
+                if !seen_idat {
+                    return Ok(bytes.into());
+                }
+                let mut cut = bytes[..i].to_vec();
+                cut.extend_from_slice(&[
+                    0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82,
+                ]);
+                return Ok(cut.into());
+            }
+        }
+    }
+    Ok(bytes.into())
+}
+
+/// CRC-32 (ISO 3309, PNG's), bitwise: only pre-IDAT chunks, a few hundred bytes, go through it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// PIL's `MAX_TEXT_CHUNK`: a compressed text chunk that inflates past it is refused.
+const MAX_TEXT_CHUNK: usize = 1 << 20;
+
+pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<Png, String> {
+    decode_inner(bytes, max_alloc).map_err(|e| match e {
+        png::DecodingError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "truncated PNG data".to_string()
+        }
+        other => format!("PNG: {other}"),
+    })?
+}
+
+fn decode_inner(bytes: &[u8], max_alloc: u64) -> Result<Result<Png, String>, png::DecodingError> {
     let mut dec = png::Decoder::new_with_limits(
         Cursor::new(bytes),
         png::Limits {
@@ -53,6 +133,8 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<Png, png::DecodingE
     // EXPAND: palette to RGB, 1/2/4-bit grey to 8 bits by bit replication (= PIL's ×255/×85/×17),
     // tRNS to an alpha channel (dropped below). 16-bit samples stay 16-bit, big-endian.
     dec.set_transformations(png::Transformations::EXPAND);
+    // The CRCs PIL checks were checked in `prepare`; PIL does not check the image data's.
+    dec.ignore_checksums(true);
     let mut reader = dec.read_info()?;
     let (src_color, src_depth) = {
         let i = reader.info();
@@ -108,6 +190,14 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<Png, png::DecodingE
     };
 
     let info = reader.info();
+    for t in &info.compressed_latin1_text {
+        let mut t = t.clone();
+        if t.decompress_text_with_limit(MAX_TEXT_CHUNK).is_err() {
+            return Ok(Err(
+                "PNG: a zTXt chunk decompresses to more than 1 MB (PIL's MAX_TEXT_CHUNK)".into(),
+            ));
+        }
+    }
     let mut exif_orientation = info.exif_metadata.as_deref().map(orientation_from_exif);
     if exif_orientation.is_none() {
         exif_orientation = raw_profile_exif(info).map(|b| orientation_from_exif(&b));
@@ -116,11 +206,11 @@ pub(crate) fn decode(bytes: &[u8], max_alloc: u64) -> Result<Png, png::DecodingE
         Some(o) => Some(o),
         None => xmp(info).and_then(|x| orientation_from_xmp(x.as_bytes())),
     };
-    Ok(Png {
+    Ok(Ok(Png {
         rgb,
         color,
         orientation,
-    })
+    }))
 }
 
 /// ImageMagick's `Raw profile type exif` text chunk: a header of three lines, then hex.
