@@ -73,18 +73,20 @@ fn tiled_planar_tiffs_in_the_middle_of_a_batch() {
     }
 }
 
-/// The upstream bug itself, so that the workaround can go when a fixed `tiff` is released:
-/// `tiff` 0.11.3 `Decoder::read_image` panics on a tiled planar file. When this test fails,
-/// `tiff` no longer panics and `decode/tiff.rs`'s chunk-by-chunk path may be dropped.
+/// The upstream bug itself, so that the workaround can go when a fixed release exists: the
+/// `image` 0.25.10 TIFF decoder (`tiff` 0.11.3 underneath, `read_image_to_buffer`) panics on a
+/// tiled planar file. When this test fails, it no longer panics and `decode/tiff.rs`'s
+/// chunk-by-chunk path may go.
 #[test]
-fn tiff_crate_still_panics_on_tiled_planar() {
+fn image_tiff_still_panics_on_tiled_planar() {
     let bytes = std::fs::read(pillow("tiff_tiled_planar_raw.tif")).unwrap();
     let r = std::panic::catch_unwind(|| {
-        let mut d = tiff::decoder::Decoder::new(std::io::Cursor::new(bytes)).unwrap();
-        let _ = d.read_image();
+        let _ =
+            image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Tiff)
+                .decode();
     });
     assert!(
         r.is_err(),
-        "tiff::Decoder::read_image no longer panics on tiled planar data"
+        "the image/tiff decoder no longer panics on tiled planar data"
     );
 }
