@@ -275,7 +275,10 @@ fn good_and_bad_files_in_one_run() {
                 .map(|t| t["label"].as_str().unwrap())
                 .collect();
             assert_eq!(top.len(), 5);
-            if name.starts_with("gray") {
+            if name == "gray16.png" {
+                // PIL's I;16 -> RGB clips at 255, so what PIL (and kiln) make of this file is a
+                // nearly white image: classified, but no fish in it (see colour_types_convert_like_pil).
+            } else if name.starts_with("gray") {
                 // Without colour the fish is less certain, but still among the five.
                 assert!(top.contains(&"tench"), "{name}: {v}");
             } else {
