@@ -235,7 +235,7 @@ fn raw_profile_exif(info: &png::Info) -> Option<Vec<u8>> {
         })?;
     let hex: String = text.split('\n').skip(3).collect();
     let hex = hex.trim();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())
