@@ -99,7 +99,6 @@ const KNOWN_GAPS: &[(&str, Gap, &str)] = &[
     ("mmap_error.bmp", Gap::Differs, "RLE BMP: as above"),
     ("tiff_strip_cmyk_16l_jpeg.tif", Gap::Differs, "16-bit little-endian CMYK TIFF: conversion differs"),
     ("bmp__g__rgb32bf.bmp", Gap::Reads, "PIL refuses this BMP bitfields layout; kiln does not check the layout yet"),
-    ("bmp__q__pal2.bmp", Gap::Reads, "PIL refuses 2-bit BMPs; kiln reads them"),
     ("bmp__q__rgb16-231.bmp", Gap::Reads, "PIL refuses this bitfields layout"),
     ("bmp__q__rgb32-111110.bmp", Gap::Reads, "PIL refuses this bitfields layout"),
     ("bmp__q__rgba16-4444.bmp", Gap::Reads, "PIL refuses this bitfields layout"),
