@@ -125,10 +125,18 @@ fn write_bad_files(dir: &Path) -> Vec<(&'static str, &'static str)> {
 fn colour_types_convert_like_pil() {
     // The lossless fixtures hold the pixels PIL decoded from rgb.jpg; photo.bmp is the plainest.
     let reference = decode("photo.bmp").rgb;
-    // 16-bit grey is 8-bit grey times 257: it must come back exactly.
+    // 16-bit grey is 8-bit grey times 257. PIL reads it as mode I;16, and its convert("RGB")
+    // clips at 255 (Convert.c I16_RGB): every non-zero level becomes white. That is what a
+    // PIL training pipeline fed the network, so it is what kiln must give.
+    let clipped: Vec<u8> = decode("gray.png")
+        .rgb
+        .as_raw()
+        .iter()
+        .map(|&v| if v == 0 { 0 } else { 255 })
+        .collect();
     assert!(
-        decode("gray16.png").rgb == decode("gray.png").rgb,
-        "16-bit grey"
+        decode("gray16.png").rgb.as_raw() == &clipped,
+        "16-bit grey as PIL's I;16 -> RGB"
     );
     let g = decode("gray.png").rgb;
     assert!(g.pixels().all(|p| p[0] == p[1] && p[1] == p[2]));
@@ -267,7 +275,10 @@ fn good_and_bad_files_in_one_run() {
                 .map(|t| t["label"].as_str().unwrap())
                 .collect();
             assert_eq!(top.len(), 5);
-            if name.starts_with("gray") {
+            if name == "gray16.png" {
+                // PIL's I;16 -> RGB clips at 255, so what PIL (and kiln) make of this file is a
+                // nearly white image: classified, but no fish in it (see colour_types_convert_like_pil).
+            } else if name.starts_with("gray") {
                 // Without colour the fish is less certain, but still among the five.
                 assert!(top.contains(&"tench"), "{name}: {v}");
             } else {

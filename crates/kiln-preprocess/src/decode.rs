@@ -5,7 +5,13 @@
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use std::io::Cursor;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
+
+mod exif;
+mod gif;
+mod png;
+mod tiff;
 
 use crate::InputError;
 
@@ -66,6 +72,10 @@ pub fn decode_file(path: &Path, opts: &DecodeOptions) -> Result<Decoded, InputEr
 }
 
 /// Decodes an encoded image held in memory. `source` names it in errors.
+///
+/// Third-party decoders run under [`std::panic::catch_unwind`]: a decoder that panics on a
+/// malformed file costs that file an [`InputError::Corrupt`], never the process (the release
+/// profile unwinds; it must not be built with `panic = "abort"`).
 pub fn decode_bytes(
     bytes: &[u8],
     source: &str,
@@ -76,14 +86,81 @@ pub fn decode_bytes(
             path: source.into(),
         });
     }
-    let reader = || {
-        ImageReader::new(Cursor::new(bytes))
-            .with_guessed_format()
-            .expect("reading from memory cannot fail")
-    };
-    let format = reader().format().ok_or_else(|| InputError::NotAnImage {
+    guarded(source, || decode_unguarded(bytes, source, opts))
+}
+
+/// Runs `f`, turning a panic inside it into `source`'s [`InputError::Corrupt`].
+fn guarded(
+    source: &str,
+    f: impl FnOnce() -> Result<Decoded, InputError>,
+) -> Result<Decoded, InputError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(InputError::Corrupt {
+                path: source.into(),
+                reason: format!("the decoder failed on this file (internal panic: {msg})"),
+            })
+        }
+    }
+}
+
+/// The format from the file's signature. BigTIFF (`II+\0` / `MM\0+`) is TIFF to the `tiff`
+/// crate, but the `image` crate's signature table does not list it.
+fn guess_format(bytes: &[u8]) -> Option<ImageFormat> {
+    if bytes.starts_with(b"II\x2B\0") || bytes.starts_with(b"MM\0\x2B") {
+        return Some(ImageFormat::Tiff);
+    }
+    image::guess_format(bytes).ok()
+}
+
+fn decode_unguarded(
+    bytes: &[u8],
+    source: &str,
+    opts: &DecodeOptions,
+) -> Result<Decoded, InputError> {
+    let format = guess_format(bytes).ok_or_else(|| InputError::NotAnImage {
         path: source.into(),
     })?;
+    let reader = || ImageReader::with_format(Cursor::new(bytes), format);
+    let corrupt = |reason: String| InputError::Corrupt {
+        path: source.into(),
+        reason,
+    };
+    if format == ImageFormat::Bmp {
+        // PIL's BIT2MODE: any other depth is "Unsupported BMP pixel depth"; `image` reads
+        // 2-bit BMPs, which no PIL-trained pipeline could have seen.
+        let le16 = |o: usize| {
+            bytes
+                .get(o..o + 2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        };
+        let header = bytes
+            .get(14..18)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let bits = if header == Some(12) {
+            le16(24)
+        } else {
+            le16(28)
+        };
+        if let Some(bits) = bits.filter(|b| !matches!(b, 1 | 4 | 8 | 16 | 24 | 32)) {
+            return Err(InputError::Unsupported {
+                path: source.into(),
+                reason: format!("BMP with {bits} bits per pixel is not supported (nor by PIL)"),
+            });
+        }
+    }
+    if format == ImageFormat::Png {
+        png::check_ihdr(bytes).map_err(|r| InputError::Unsupported {
+            path: source.into(),
+            reason: r,
+        })?;
+    }
 
     // The header alone gives the size: refuse bombs before the decoder allocates anything.
     let (w, h) = reader()
@@ -106,8 +183,109 @@ pub fn decode_bytes(
             min_side: opts.min_side,
         });
     }
+    // Room for the largest accepted image at 16 bits per channel with alpha, and no more.
+    let max_alloc = opts.max_pixels.saturating_mul(8).max(64 << 20);
 
-    if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+    let (rgb, original_color, orientation) = match format {
+        ImageFormat::Png => {
+            let prepared = png::prepare(bytes).map_err(&corrupt)?;
+            let p = png::decode(&prepared, max_alloc).map_err(&corrupt)?;
+            (p.rgb, p.color, exif::to_orientation(p.orientation))
+        }
+        ImageFormat::Gif => {
+            let g = gif::decode(bytes, max_alloc).map_err(|e| corrupt(format!("GIF: {e}")))?;
+            (
+                g.rgb,
+                image::ColorType::Rgb8,
+                exif::to_orientation(g.orientation),
+            )
+        }
+        ImageFormat::Jpeg => {
+            let (img, orientation) = decode_jpeg(bytes, source, max_alloc)?;
+            let color = img.color();
+            (to_rgb8(img), color, orientation)
+        }
+        ImageFormat::Tiff if tiff::is_planar(bytes) => {
+            let img =
+                tiff::decode_planar(bytes, max_alloc).map_err(|r| corrupt(format!("TIFF: {r}")))?;
+            let color = img.color();
+            let orientation = reader()
+                .into_decoder()
+                .ok()
+                .and_then(|mut d| d.orientation().ok())
+                .unwrap_or(image::metadata::Orientation::NoTransforms);
+            (to_rgb8(img), color, orientation)
+        }
+        _ => {
+            let mut r = reader();
+            let mut limits = image::Limits::default();
+            limits.max_alloc = Some(max_alloc);
+            r.limits(limits);
+            let mut decoder = r
+                .into_decoder()
+                .map_err(|e| map_image_error(e, source, format))?;
+            let orientation = if format == ImageFormat::WebP {
+                // image 0.25's WebP decoder does not accept the `Exif\0\0` prefix that WebP
+                // writers keep in the EXIF chunk; PIL strips it.
+                let exif = decoder
+                    .exif_metadata()
+                    .map_err(|e| map_image_error(e, source, format))?;
+                exif::to_orientation(exif.as_deref().and_then(exif::orientation_from_exif))
+            } else {
+                decoder
+                    .orientation()
+                    .unwrap_or(image::metadata::Orientation::NoTransforms)
+            };
+            let img = DynamicImage::from_decoder(decoder)
+                .map_err(|e| map_image_error(e, source, format))?;
+            let color = img.color();
+            let rgb = if format == ImageFormat::Tiff
+                && color.has_alpha()
+                && color.channel_count() == 4
+                && tiff::associated_alpha(bytes)
+            {
+                // Premultiplied alpha: PIL divides it out before `convert("RGB")` drops it.
+                let mut rgba = match img {
+                    DynamicImage::ImageRgba16(i) => {
+                        i.into_raw().iter().map(|v| (v >> 8) as u8).collect()
+                    }
+                    other => other.into_rgba8().into_raw(),
+                };
+                tiff::unpremultiply(&mut rgba);
+                to_rgb8(DynamicImage::ImageRgba8(
+                    image::RgbaImage::from_raw(w, h, rgba).expect("sized"),
+                ))
+            } else {
+                to_rgb8(img)
+            };
+            (rgb, color, orientation)
+        }
+    };
+    let orientation = if opts.apply_exif_orientation {
+        orientation
+    } else {
+        image::metadata::Orientation::NoTransforms
+    };
+    let reoriented = orientation != image::metadata::Orientation::NoTransforms;
+    let mut img = DynamicImage::ImageRgb8(rgb);
+    img.apply_orientation(orientation);
+    Ok(Decoded {
+        rgb: img.into_rgb8(),
+        format: Some(format),
+        original_color,
+        reoriented,
+    })
+}
+
+/// The one place JPEG bytes are decoded: the pixels (any colour type; [`to_rgb8`] converts
+/// them) and the EXIF orientation.
+fn decode_jpeg(
+    bytes: &[u8],
+    source: &str,
+    max_alloc: u64,
+) -> Result<(DynamicImage, image::metadata::Orientation), InputError> {
+    let format = ImageFormat::Jpeg;
+    if !jpeg_has_end(bytes) {
         // The decoder would fill the missing rows with grey and report success; PIL refuses
         // truncated files by default, and so do we.
         return Err(InputError::Corrupt {
@@ -115,33 +293,19 @@ pub fn decode_bytes(
             reason: "truncated JPEG data (no end-of-image marker after the last scan)".into(),
         });
     }
-
-    let mut r = reader();
+    let mut r = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
-    // Room for the largest accepted image at 16 bits per channel with alpha, and no more.
-    limits.max_alloc = Some(opts.max_pixels.saturating_mul(8).max(64 << 20));
+    limits.max_alloc = Some(max_alloc);
     r.limits(limits);
     let mut decoder = r
         .into_decoder()
         .map_err(|e| map_image_error(e, source, format))?;
-    let orientation = if opts.apply_exif_orientation {
-        decoder
-            .orientation()
-            .unwrap_or(image::metadata::Orientation::NoTransforms)
-    } else {
-        image::metadata::Orientation::NoTransforms
-    };
-    let mut img =
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let img =
         DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, source, format))?;
-    let original_color = img.color();
-    let reoriented = orientation != image::metadata::Orientation::NoTransforms;
-    img.apply_orientation(orientation);
-    Ok(Decoded {
-        rgb: to_rgb8(img),
-        format: Some(format),
-        original_color,
-        reoriented,
-    })
+    Ok((img, orientation))
 }
 
 /// Whether a JPEG stream has an end-of-image marker (FF D9) after its last start-of-scan (FF DA).
@@ -158,38 +322,57 @@ fn jpeg_has_end(bytes: &[u8]) -> bool {
 /// Converts any colour type to 8-bit RGB the way PIL's `convert("RGB")` does: grey is
 /// replicated, palette is expanded, and alpha is dropped (not composited), because that is what
 /// the torchvision training pipelines this runtime reproduces did to their data.
+///
+/// 16-bit data follows PIL's modes: 16-bit grey is PIL's `I;16`, which `convert("RGB")` *clips*
+/// at 255 (Convert.c `I16_RGB`); 16-bit colour and grey+alpha are read by PIL's `;16` unpackers
+/// into 8-bit modes keeping the high byte. Neither is a rounding rescale.
 pub fn to_rgb8(img: DynamicImage) -> RgbImage {
+    let (w, h) = (img.width(), img.height());
+    let from = |raw: Vec<u8>| RgbImage::from_raw(w, h, raw).expect("sized");
     match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
         // Spelled out so that alpha is discarded whatever `image` does with it in conversions.
-        DynamicImage::ImageRgba8(rgba) => {
-            let (w, h) = rgba.dimensions();
-            let raw = rgba
-                .into_raw()
+        DynamicImage::ImageRgba8(rgba) => from(
+            rgba.into_raw()
                 .chunks_exact(4)
                 .flat_map(|p| [p[0], p[1], p[2]])
-                .collect();
-            RgbImage::from_raw(w, h, raw).expect("sized")
-        }
-        DynamicImage::ImageLumaA8(la) => {
-            let (w, h) = la.dimensions();
-            let raw = la
-                .into_raw()
+                .collect(),
+        ),
+        DynamicImage::ImageLumaA8(la) => from(
+            la.into_raw()
                 .chunks_exact(2)
                 .flat_map(|p| [p[0]; 3])
-                .collect();
-            RgbImage::from_raw(w, h, raw).expect("sized")
+                .collect(),
+        ),
+        DynamicImage::ImageLuma16(l) => from(
+            l.into_raw()
+                .into_iter()
+                .flat_map(|v| [v.min(255) as u8; 3])
+                .collect(),
+        ),
+        DynamicImage::ImageLumaA16(la) => from(
+            la.into_raw()
+                .chunks_exact(2)
+                .flat_map(|p| [(p[0] >> 8) as u8; 3])
+                .collect(),
+        ),
+        DynamicImage::ImageRgb16(rgb) => {
+            from(rgb.into_raw().into_iter().map(|v| (v >> 8) as u8).collect())
         }
-        other if other.color().has_alpha() => {
-            let rgba16 = other.to_rgba16();
-            let (w, h) = rgba16.dimensions();
-            let to8 = |v: u16| ((v as u32 * 255 + 32767) / 65535) as u8;
-            let raw = rgba16
-                .into_raw()
+        DynamicImage::ImageRgba16(rgba) => from(
+            rgba.into_raw()
                 .chunks_exact(4)
-                .flat_map(|p| [to8(p[0]), to8(p[1]), to8(p[2])])
-                .collect();
-            RgbImage::from_raw(w, h, raw).expect("sized")
+                .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+                .collect(),
+        ),
+        other if other.color().has_alpha() => {
+            let rgba = other.to_rgba8();
+            from(
+                rgba.into_raw()
+                    .chunks_exact(4)
+                    .flat_map(|p| [p[0], p[1], p[2]])
+                    .collect(),
+            )
         }
         other => other.to_rgb8(),
     }
@@ -247,6 +430,17 @@ mod tests {
     }
 
     #[test]
+    fn a_decoder_panic_is_that_files_error() {
+        let e = guarded("x.tif", || panic!("assertion failed: inside a decoder")).unwrap_err();
+        assert!(matches!(e, InputError::Corrupt { .. }), "{e}");
+        let s = e.to_string();
+        assert!(
+            s.starts_with("x.tif") && s.contains("assertion failed"),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn size_limits_checked_from_header() {
         let png = png_bytes(&DynamicImage::new_rgb8(40, 30));
         let small = DecodeOptions {
@@ -297,6 +491,16 @@ mod tests {
             image::Rgb([65535u16, 0, 32896]),
         ));
         let d = decode_bytes(&png_bytes(&deep), "d", &o).unwrap();
+        // PIL's RGB;16B unpacker keeps the high byte: 32896 = 0x8080 -> 0x80.
         assert_eq!(d.rgb.get_pixel(2, 2).0, [255, 0, 128]);
+        let deep = DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(3, 1, |x, _| {
+            image::Luma([[200u16, 255, 256][x as usize]])
+        }));
+        let d = decode_bytes(&png_bytes(&deep), "d", &o).unwrap();
+        assert_eq!(
+            d.rgb.as_raw(),
+            &[200, 200, 200, 255, 255, 255, 255, 255, 255],
+            "PIL's I;16 -> RGB clips at 255"
+        );
     }
 }
