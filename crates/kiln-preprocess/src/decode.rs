@@ -84,6 +84,9 @@ pub fn decode_bytes(
     let format = reader().format().ok_or_else(|| InputError::NotAnImage {
         path: source.into(),
     })?;
+    if format == ImageFormat::Jpeg {
+        return crate::jpeg::decode_input(bytes, source, opts);
+    }
 
     // The header alone gives the size: refuse bombs before the decoder allocates anything.
     let (w, h) = reader()
