@@ -21,9 +21,18 @@ fn mobilenet_v2_matches_pytorch_on_imagenet_sample() {
         fig.kiln,
         fig.torch
     );
-    assert!(
-        fig.agree >= 0.99,
+    // kiln's JPEG decoder gives PIL's pixels exactly, so nothing may differ but float rounding.
+    assert_eq!(
+        fig.agree,
+        1.0,
         "top-1 agrees with PyTorch on only {:.1}%",
         fig.agree * 100.0
+    );
+    // Measured 1.8e-4 with identical pixels (tests/jpeg in kiln-preprocess): the network's
+    // float arithmetic, not the input. Issue 14 asks for 1e-4, which this does not yet meet.
+    assert!(
+        fig.max_dp <= 5e-4,
+        "a top-1 probability differs from PyTorch's by {}",
+        fig.max_dp
     );
 }

@@ -51,10 +51,20 @@ fn efficientnet_lite0_matches_pytorch_on_imagenet_sample() {
         fig.kiln,
         fig.torch
     );
-    assert!(
-        fig.agree >= 0.99,
+    // kiln's JPEG decoder gives PIL's pixels exactly, so nothing may differ but float rounding.
+    assert_eq!(
+        fig.agree,
+        1.0,
         "top-1 agrees with PyTorch on only {:.1}%",
         fig.agree * 100.0
+    );
+    // Measured 2.6e-3 with identical decoded pixels (tests/jpeg in kiln-preprocess), so it
+    // comes from preprocessing or the network, not decoding; issue 14 asks for 1e-4, which this
+    // does not yet meet.
+    assert!(
+        fig.max_dp <= 5e-3,
+        "a top-1 probability differs from PyTorch's by {}",
+        fig.max_dp
     );
     assert!(
         fig.max_dp < 0.1,

@@ -246,6 +246,24 @@ enum ColorSpace {
 
 /// Decodes a whole JPEG file.
 pub fn decode(data: &[u8]) -> Result<JpegImage, JpegError> {
+    let parts = decode_parts(data)?;
+    let data = render(&parts)?;
+    Ok(JpegImage {
+        info: parts.info,
+        data,
+    })
+}
+
+/// Everything up to the samples: the frame, all coefficients, the colour space.
+struct Parts {
+    frame: Frame,
+    coefs: Coefs,
+    cs: ColorSpace,
+    info: JpegInfo,
+    smoothing: bool,
+}
+
+fn decode_parts(data: &[u8]) -> Result<Parts, JpegError> {
     let mut p = Parser::new(data)?;
     let mut qt: [Option<[u16; 64]>; 4] = [None; 4];
     let mut dc: [Option<HuffTable>; 4] = Default::default();
@@ -344,8 +362,14 @@ pub fn decode(data: &[u8]) -> Result<JpegImage, JpegError> {
         mode: mode_of(&frame),
         orientation: p.orientation,
     };
-    let data = render(&frame, &coefs, cs)?;
-    Ok(JpegImage { info, data })
+    let smoothing = frame.progressive && smooth::smoothing_ok(&frame.comps, &coefs.coef_bits);
+    Ok(Parts {
+        frame,
+        coefs,
+        cs,
+        info,
+        smoothing,
+    })
 }
 
 fn parse_sos(seg: &[u8], f: &Frame) -> Result<ScanHeader, JpegError> {
@@ -378,11 +402,11 @@ fn parse_sos(seg: &[u8], f: &Frame) -> Result<ScanHeader, JpegError> {
 }
 
 /// IDCT, upsampling and colour conversion into Pillow's mode.
-fn render(f: &Frame, co: &Coefs, cs: ColorSpace) -> Result<Vec<u8>, JpegError> {
+fn render(parts: &Parts) -> Result<Vec<u8>, JpegError> {
+    let (f, co, cs, smoothing) = (&parts.frame, &parts.coefs, parts.cs, parts.smoothing);
     if f.comps.iter().any(|c| c.quant.is_none()) {
         return Err(JpegError::Corrupt("a component appears in no scan".into()));
     }
-    let smoothing = f.progressive && smooth::smoothing_ok(&f.comps, &co.coef_bits);
     let total_imcu_rows = f.mcuy;
     let planes: Vec<Plane> = f
         .comps
@@ -506,4 +530,10 @@ pub fn decode_input(
         original_color,
         reoriented,
     })
+}
+
+/// Whether decoding `data` applies libjpeg-turbo's block smoothing (a progressive file whose
+/// low-frequency coefficients are not all known to full precision). For tests and diagnostics.
+pub fn uses_block_smoothing(data: &[u8]) -> Result<bool, JpegError> {
+    Ok(decode_parts(data)?.smoothing)
 }
