@@ -92,7 +92,7 @@ impl Upsampler {
             Method::H2V1Fancy => h2v1(at(y), out),
             Method::H1V2Fancy => {
                 let iy = y / 2;
-                let (near, far, bias) = if y % 2 == 0 {
+                let (near, far, bias) = if y & 1 == 0 {
                     (at(iy), at(iy.saturating_sub(1)), 1)
                 } else {
                     (at(iy), at((iy + 1).min(last)), 2)
@@ -103,7 +103,7 @@ impl Upsampler {
             }
             Method::H2V2Fancy => {
                 let iy = y / 2;
-                let far = if y % 2 == 0 {
+                let far = if y & 1 == 0 {
                     iy.saturating_sub(1)
                 } else {
                     (iy + 1).min(last)
