@@ -21,9 +21,18 @@ fn mobilenet_v2_matches_pytorch_on_imagenet_sample() {
         fig.kiln,
         fig.torch
     );
-    assert!(
-        fig.agree >= 0.99,
+    // kiln's JPEG decoder gives PIL's pixels exactly, so nothing may differ but float rounding.
+    assert_eq!(
+        fig.agree,
+        1.0,
         "top-1 agrees with PyTorch on only {:.1}%",
         fig.agree * 100.0
+    );
+    // Pixels identical to PIL's (kiln-preprocess tests/jpeg) and resampling identical to Pillow's
+    // (tests/resize_pillow): what is left is float rounding in the network.
+    assert!(
+        fig.max_dp <= 1e-4,
+        "a top-1 probability differs from PyTorch's by {}",
+        fig.max_dp
     );
 }

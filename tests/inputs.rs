@@ -457,7 +457,10 @@ fn library_is_thread_safe_and_deterministic() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Classifier>();
     let c = classifier();
-    let img = image::open(fixtures().join("rgb.jpg")).unwrap();
+    // Decoded as `classify_paths` decodes it (kiln's JPEG decoder, not `image`'s), so that the
+    // batch below can be compared with it.
+    let decoded = kiln_preprocess::decode_file(&fixtures().join("rgb.jpg"), &Default::default());
+    let img = image::DynamicImage::ImageRgb8(decoded.unwrap().rgb);
     let want = c.classify_image(&img, 5).unwrap();
     assert_eq!(want.top[0].label, "tench");
     let results: Vec<_> = std::thread::scope(|s| {

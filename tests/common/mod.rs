@@ -80,6 +80,7 @@ pub fn evaluate(classifier: &Classifier, reference: &str, n: usize, label: &str)
     let preds = classifier.classify_paths(&paths, 5, 16);
     let (mut ours, mut theirs, mut agree, mut max_dp) = (0, 0, 0, 0f32);
     let mut disagreements = vec![];
+    let mut worst = String::new();
     for (r, p) in refs.iter().zip(preds) {
         let p = p.unwrap_or_else(|e| panic!("{}: {e}", r.file));
         let top1 = p.top[0].index;
@@ -87,7 +88,11 @@ pub fn evaluate(classifier: &Classifier, reference: &str, n: usize, label: &str)
         theirs += (r.top5[0] == r.class_index) as usize;
         if top1 == r.top5[0] {
             agree += 1;
-            max_dp = max_dp.max((p.top[0].prob - r.top5_prob[0]).abs());
+            let dp = (p.top[0].prob - r.top5_prob[0]).abs();
+            if dp > max_dp {
+                max_dp = dp;
+                worst = r.file.clone();
+            }
         } else {
             disagreements.push(format!(
                 "{}: kiln {} ({:.3}), torch {} ({:.3})",
@@ -103,7 +108,7 @@ pub fn evaluate(classifier: &Classifier, reference: &str, n: usize, label: &str)
         max_dp,
     };
     println!(
-        "{label}: kiln top-1 {:.3}, PyTorch top-1 {:.3}, agreement {:.1}% ({agree}/{n}), max top-1 prob diff {max_dp:.4} ({:.1}s)",
+        "{label}: kiln top-1 {:.3}, PyTorch top-1 {:.3}, agreement {:.1}% ({agree}/{n}), max top-1 prob diff {max_dp:.6} ({worst}) ({:.1}s)",
         fig.kiln,
         fig.torch,
         fig.agree * 100.0,

@@ -127,6 +127,11 @@ fn decode_unguarded(
     let format = guess_format(bytes).ok_or_else(|| InputError::NotAnImage {
         path: source.into(),
     })?;
+    // kiln's own decoder, equal to PIL's libjpeg-turbo (see `crate::jpeg`); it checks the header
+    // limits and the end-of-image marker itself.
+    if format == ImageFormat::Jpeg {
+        return crate::jpeg::decode_input(bytes, source, opts);
+    }
     let reader = || ImageReader::with_format(Cursor::new(bytes), format);
     let corrupt = |reason: String| InputError::Corrupt {
         path: source.into(),
@@ -200,11 +205,6 @@ fn decode_unguarded(
                 exif::to_orientation(g.orientation),
             )
         }
-        ImageFormat::Jpeg => {
-            let (img, orientation) = decode_jpeg(bytes, source, max_alloc)?;
-            let color = img.color();
-            (to_rgb8(img), color, orientation)
-        }
         ImageFormat::Tiff if tiff::is_planar(bytes) => {
             let img =
                 tiff::decode_planar(bytes, max_alloc).map_err(|r| corrupt(format!("TIFF: {r}")))?;
@@ -275,48 +275,6 @@ fn decode_unguarded(
         original_color,
         reoriented,
     })
-}
-
-/// The one place JPEG bytes are decoded: the pixels (any colour type; [`to_rgb8`] converts
-/// them) and the EXIF orientation.
-fn decode_jpeg(
-    bytes: &[u8],
-    source: &str,
-    max_alloc: u64,
-) -> Result<(DynamicImage, image::metadata::Orientation), InputError> {
-    let format = ImageFormat::Jpeg;
-    if !jpeg_has_end(bytes) {
-        // The decoder would fill the missing rows with grey and report success; PIL refuses
-        // truncated files by default, and so do we.
-        return Err(InputError::Corrupt {
-            path: source.into(),
-            reason: "truncated JPEG data (no end-of-image marker after the last scan)".into(),
-        });
-    }
-    let mut r = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(max_alloc);
-    r.limits(limits);
-    let mut decoder = r
-        .into_decoder()
-        .map_err(|e| map_image_error(e, source, format))?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let img =
-        DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, source, format))?;
-    Ok((img, orientation))
-}
-
-/// Whether a JPEG stream has an end-of-image marker (FF D9) after its last start-of-scan (FF DA).
-/// Entropy-coded data escapes FF as FF 00, so these byte pairs only occur as markers; an
-/// embedded EXIF thumbnail comes before the main image's scans and does not count.
-fn jpeg_has_end(bytes: &[u8]) -> bool {
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    match last_sos {
-        Some(i) => bytes[i..].windows(2).any(|w| w == [0xFF, 0xD9]),
-        None => false,
-    }
 }
 
 /// Converts any colour type to 8-bit RGB the way PIL's `convert("RGB")` does: grey is

@@ -13,6 +13,7 @@
 
 pub mod decode;
 pub mod hubspec;
+pub mod jpeg;
 pub mod pil;
 pub mod spec;
 pub mod tensor_resize;

@@ -17,11 +17,9 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
-/// Whether JPEG-bearing files (JPEG, MPO, JPEG-in-TIFF) must match PIL bit for bit. kiln's JPEG
-/// decoder is not yet libjpeg-turbo's; flip this to `true` when the libjpeg-turbo-exact decoder
-/// (`crate::jpeg`, issue 14) is wired into `decode.rs`. Until then their differences are
-/// reported, not failed on.
-const JPEG_EXACT: bool = false;
+/// Whether JPEG-bearing files (JPEG, MPO, JPEG-in-TIFF) must match PIL bit for bit: they must,
+/// since `decode.rs` routes JPEG to `crate::jpeg`, the libjpeg-turbo-exact decoder.
+const JPEG_EXACT: bool = true;
 
 /// Whether lossy (VP8) WebP must match PIL bit for bit. PIL uses libwebp's decoder, kiln the
 /// pure-Rust `image-webp`; both implement the same integer VP8 decoding, so this holds today

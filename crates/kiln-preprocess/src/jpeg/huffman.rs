@@ -1,0 +1,228 @@
+//! Huffman tables and the entropy-coded bit stream: byte unstuffing, markers inside scan data,
+//! and the symbol/extend decoding that baseline and progressive scans share.
+
+use super::JpegError;
+
+const LOOKUP_BITS: u32 = 9;
+
+/// A decoding table built from a DHT segment.
+#[derive(Clone)]
+pub struct HuffTable {
+    /// `(length << 8) | symbol` for codes of at most `LOOKUP_BITS` bits, indexed by the next
+    /// `LOOKUP_BITS` bits of the stream; 0 when the code is longer.
+    lookup: Vec<u16>,
+    /// Largest code of each length (1-based), -1 when there is none.
+    maxcode: [i32; 18],
+    /// Index into `values` of the first code of each length, minus that code.
+    valoffset: [i32; 17],
+    values: Vec<u8>,
+}
+
+impl HuffTable {
+    /// Builds the table from the 16 code-length counts and the symbol values.
+    pub fn new(counts: &[u8; 16], values: &[u8]) -> Result<Self, JpegError> {
+        let total: usize = counts.iter().map(|&c| c as usize).sum();
+        if total > 256 || total != values.len() {
+            return Err(JpegError::Corrupt("bad Huffman table".into()));
+        }
+        let mut maxcode = [-1i32; 18];
+        let mut valoffset = [0i32; 17];
+        let mut lookup = vec![0u16; 1 << LOOKUP_BITS];
+        let mut code: u32 = 0;
+        let mut k = 0usize;
+        for len in 1..=16u32 {
+            let n = counts[len as usize - 1] as usize;
+            valoffset[len as usize] = k as i32 - code as i32;
+            for _ in 0..n {
+                if len <= LOOKUP_BITS {
+                    let shift = LOOKUP_BITS - len;
+                    let base = (code << shift) as usize;
+                    for e in &mut lookup[base..base + (1 << shift)] {
+                        *e = ((len as u16) << 8) | values[k] as u16;
+                    }
+                }
+                code += 1;
+                k += 1;
+            }
+            if n > 0 {
+                maxcode[len as usize] = code as i32 - 1;
+            }
+            // A code that no longer fits in `len` bits means the counts are impossible.
+            if code > (1 << len) {
+                return Err(JpegError::Corrupt("bad Huffman table".into()));
+            }
+            code <<= 1;
+        }
+        maxcode[17] = i32::MAX;
+        Ok(Self {
+            lookup,
+            maxcode,
+            valoffset,
+            values: values.to_vec(),
+        })
+    }
+}
+
+/// Reads entropy-coded bits from the scan data that starts at `pos`, stopping at the first
+/// marker; past it (or past the end of the data) it supplies zero bits and counts them, so that
+/// running out of real data is detected instead of silently decoded.
+pub struct BitReader<'a> {
+    data: &'a [u8],
+    /// Next byte of `data` to load.
+    pub pos: usize,
+    buf: u64,
+    bits: u32,
+    /// Zero bytes supplied after the data ended.
+    fake: u32,
+    /// Whether a marker (or the end of the data) stopped loading.
+    stopped: bool,
+}
+
+impl<'a> BitReader<'a> {
+    /// A reader over `data` starting at `pos`.
+    pub fn new(data: &'a [u8], pos: usize) -> Self {
+        Self {
+            data,
+            pos,
+            buf: 0,
+            bits: 0,
+            fake: 0,
+            stopped: false,
+        }
+    }
+
+    #[inline(always)]
+    fn refill(&mut self) {
+        while self.bits <= 56 {
+            let byte = if self.stopped {
+                self.fake += 1;
+                0
+            } else if self.pos < self.data.len() {
+                let b = self.data[self.pos];
+                if b == 0xFF {
+                    match self.data.get(self.pos + 1) {
+                        Some(0x00) => {
+                            self.pos += 2;
+                            0xFF
+                        }
+                        _ => {
+                            self.stopped = true;
+                            self.fake += 1;
+                            0
+                        }
+                    }
+                } else {
+                    self.pos += 1;
+                    b
+                }
+            } else {
+                self.stopped = true;
+                self.fake += 1;
+                0
+            };
+            self.buf |= (byte as u64) << (56 - self.bits);
+            self.bits += 8;
+        }
+    }
+
+    /// Whether more bits were consumed than the data held.
+    pub fn overran(&self) -> bool {
+        (self.bits as u64) < self.fake as u64 * 8
+    }
+
+    #[inline(always)]
+    fn peek(&mut self, n: u32) -> u32 {
+        if self.bits < n {
+            self.refill();
+        }
+        (self.buf >> (64 - n)) as u32
+    }
+
+    #[inline(always)]
+    fn consume(&mut self, n: u32) {
+        self.buf <<= n;
+        self.bits -= n;
+    }
+
+    /// `n` raw bits (n ≤ 16).
+    #[inline(always)]
+    pub fn bits(&mut self, n: u32) -> u32 {
+        if n == 0 {
+            return 0;
+        }
+        let v = self.peek(n);
+        self.consume(n);
+        v
+    }
+
+    /// One bit.
+    #[inline(always)]
+    pub fn bit(&mut self) -> bool {
+        self.bits(1) != 0
+    }
+
+    /// `n` bits read as a signed JPEG magnitude (the EXTEND of the standard's F.2.2.1).
+    #[inline(always)]
+    pub fn receive_extend(&mut self, n: u32) -> i32 {
+        if n == 0 {
+            return 0;
+        }
+        let v = self.bits(n) as i32;
+        if v < 1 << (n - 1) {
+            v - (1 << n) + 1
+        } else {
+            v
+        }
+    }
+
+    /// One Huffman symbol.
+    #[inline(always)]
+    pub fn decode(&mut self, t: &HuffTable) -> Result<u8, JpegError> {
+        if self.bits < 16 {
+            self.refill();
+        }
+        let e = t.lookup[(self.buf >> (64 - LOOKUP_BITS)) as usize];
+        if e != 0 {
+            self.consume((e >> 8) as u32);
+            return Ok(e as u8);
+        }
+        let mut len = LOOKUP_BITS + 1;
+        let mut code = (self.buf >> (64 - len)) as i32;
+        while len <= 16 && code > t.maxcode[len as usize] {
+            len += 1;
+            code = (self.buf >> (64 - len)) as i32;
+        }
+        if len > 16 {
+            return Err(JpegError::Corrupt(
+                "corrupt Huffman code in scan data".into(),
+            ));
+        }
+        self.consume(len);
+        let idx = code + t.valoffset[len as usize];
+        t.values
+            .get(idx as usize)
+            .copied()
+            .ok_or_else(|| JpegError::Corrupt("corrupt Huffman code in scan data".into()))
+    }
+
+    /// Drops the buffered bits and moves to the marker that ends the current interval: the
+    /// position of its 0xFF byte, or the end of the data. Bytes between the padding and the
+    /// marker are skipped, as libjpeg skips them.
+    pub fn to_marker(&mut self) -> Result<usize, JpegError> {
+        if self.overran() {
+            return Err(JpegError::Truncated(
+                "scan data ends before its last block".into(),
+            ));
+        }
+        let mut p = self.pos;
+        while p + 1 < self.data.len() && !(self.data[p] == 0xFF && self.data[p + 1] != 0) {
+            p += 1;
+        }
+        self.buf = 0;
+        self.bits = 0;
+        self.fake = 0;
+        self.stopped = false;
+        self.pos = p;
+        Ok(p)
+    }
+}

@@ -1,0 +1,212 @@
+//! From coefficients to pixels: the inverse DCT of every block into one sample plane per
+//! component, libjpeg-turbo's upsampling of subsampled planes (jdsample.c: "fancy" triangle
+//! filters for 2h1v, 1h2v and 2h2v, replication otherwise) and its colour conversion
+//! (jdcolor.c: fixed-point YCbCr → RGB, YCCK → CMYK).
+
+use super::idct::idct_islow;
+use super::markers::Component;
+use super::smooth;
+
+/// A decoded component plane, `stride = bw * 8` samples per row.
+pub struct Plane {
+    /// Samples.
+    pub data: Vec<u8>,
+    /// Row length in samples.
+    pub stride: usize,
+    /// Meaningful width (libjpeg's `downsampled_width`).
+    pub width: usize,
+    /// Meaningful height.
+    pub height: usize,
+}
+
+/// Runs the inverse DCT over every block of `c` that holds image samples.
+pub fn idct_plane(c: &Component, blocks: &[i16], smoothing: Option<(&[i32; 64], usize)>) -> Plane {
+    let stride = c.bw * 8;
+    let mut data = vec![0u8; stride * c.bh * 8];
+    let quant = c.quant.unwrap_or([0; 64]);
+    let mut tmp = [0i16; 64];
+    for by in 0..c.bh {
+        let row = &mut data[by * 8 * stride..(by + 1) * 8 * stride];
+        for bx in 0..c.bw {
+            let off = (by * c.bstride + bx) * 64;
+            let blk: &[i16; 64] = match smoothing {
+                Some((bits, rows)) => {
+                    smooth::smooth_block(c, blocks, bits, bx, by, rows, &mut tmp);
+                    &tmp
+                }
+                None => blocks[off..off + 64].try_into().expect("64"),
+            };
+            idct_islow(blk, &quant, &mut row[bx * 8..], stride);
+        }
+    }
+    Plane {
+        data,
+        stride,
+        width: c.width,
+        height: c.height,
+    }
+}
+
+/// How one component reaches full resolution.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Full,
+    H2V1Fancy,
+    H1V2Fancy,
+    H2V2Fancy,
+    /// Replication by integer factors (libjpeg's h2v1/h2v2 box and `int_upsample`).
+    Box(usize, usize),
+}
+
+/// Fills `out` (the image width) with row `y` of `p` brought to full resolution, for a
+/// component `hr × vr` times smaller than the largest.
+pub struct Upsampler {
+    method: Method,
+}
+
+impl Upsampler {
+    /// The method libjpeg-turbo's `jinit_upsampler` picks, or `None` for ratios it refuses.
+    pub fn new(hr: usize, vr: usize, downsampled_width: usize) -> Option<Self> {
+        let method = match (hr, vr) {
+            (1, 1) => Method::Full,
+            (2, 1) if downsampled_width > 2 => Method::H2V1Fancy,
+            (1, 2) => Method::H1V2Fancy,
+            (2, 2) if downsampled_width > 2 => Method::H2V2Fancy,
+            (h, v) => Method::Box(h, v),
+        };
+        Some(Self { method })
+    }
+
+    /// Writes output row `y` (`out.len()` = image width).
+    pub fn row(&self, p: &Plane, y: usize, out: &mut [u8]) {
+        let last = p.height - 1;
+        let at = |r: usize| &p.data[r * p.stride..r * p.stride + p.width];
+        match self.method {
+            Method::Full => out.copy_from_slice(&at(y)[..out.len()]),
+            Method::Box(h, v) => {
+                let src = at(y / v);
+                for (x, o) in out.iter_mut().enumerate() {
+                    *o = src[x / h];
+                }
+            }
+            Method::H2V1Fancy => h2v1(at(y), out),
+            Method::H1V2Fancy => {
+                let iy = y / 2;
+                let (near, far, bias) = if y & 1 == 0 {
+                    (at(iy), at(iy.saturating_sub(1)), 1)
+                } else {
+                    (at(iy), at((iy + 1).min(last)), 2)
+                };
+                for ((o, &a), &b) in out.iter_mut().zip(near).zip(far) {
+                    *o = ((a as u32 * 3 + b as u32 + bias) >> 2) as u8;
+                }
+            }
+            Method::H2V2Fancy => {
+                let iy = y / 2;
+                let far = if y & 1 == 0 {
+                    iy.saturating_sub(1)
+                } else {
+                    (iy + 1).min(last)
+                };
+                h2v2(at(iy), at(far), out);
+            }
+        }
+    }
+}
+
+fn h2v1(src: &[u8], out: &mut [u8]) {
+    let n = src.len();
+    let w = out.len();
+    let mut put = |i: usize, v: u32| {
+        if i < w {
+            out[i] = v as u8;
+        }
+    };
+    let s = |i: usize| src[i] as u32;
+    put(0, s(0));
+    put(1, (s(0) * 3 + s(1) + 2) >> 2);
+    for i in 1..n - 1 {
+        let c = s(i) * 3;
+        put(2 * i, (c + s(i - 1) + 1) >> 2);
+        put(2 * i + 1, (c + s(i + 1) + 2) >> 2);
+    }
+    put(2 * n - 2, (s(n - 1) * 3 + s(n - 2) + 1) >> 2);
+    put(2 * n - 1, s(n - 1));
+}
+
+fn h2v2(near: &[u8], far: &[u8], out: &mut [u8]) {
+    let n = near.len();
+    let w = out.len();
+    let col = |i: usize| near[i] as u32 * 3 + far[i] as u32;
+    let mut put = |i: usize, v: u32| {
+        if i < w {
+            out[i] = (v >> 4) as u8;
+        }
+    };
+    let (mut last, mut this) = (col(0), col(0));
+    for i in 0..n {
+        let next = if i + 1 < n { col(i + 1) } else { this };
+        if i == 0 {
+            put(0, this * 4 + 8);
+        } else {
+            put(2 * i, this * 3 + last + 8);
+        }
+        if i + 1 < n {
+            put(2 * i + 1, this * 3 + next + 7);
+        } else {
+            put(2 * i + 1, this * 4 + 7);
+        }
+        last = this;
+        this = next;
+    }
+}
+
+/// libjpeg-turbo's YCbCr → RGB tables (16-bit fixed point, rounded as `build_ycc_rgb_table`).
+pub struct YccTables {
+    cr_r: [i32; 256],
+    cb_b: [i32; 256],
+    cr_g: [i32; 256],
+    cb_g: [i32; 256],
+}
+
+impl YccTables {
+    /// Builds the tables.
+    pub fn new() -> Self {
+        const SCALEBITS: i32 = 16;
+        const ONE_HALF: i32 = 1 << (SCALEBITS - 1);
+        let fix = |x: f64| (x * (1i64 << SCALEBITS) as f64 + 0.5) as i32;
+        let mut t = Self {
+            cr_r: [0; 256],
+            cb_b: [0; 256],
+            cr_g: [0; 256],
+            cb_g: [0; 256],
+        };
+        for i in 0..256 {
+            let x = i as i32 - 128;
+            t.cr_r[i] = (fix(1.40200) * x + ONE_HALF) >> SCALEBITS;
+            t.cb_b[i] = (fix(1.77200) * x + ONE_HALF) >> SCALEBITS;
+            t.cr_g[i] = -fix(0.71414) * x;
+            t.cb_g[i] = -fix(0.34414) * x + ONE_HALF;
+        }
+        t
+    }
+
+    /// One pixel.
+    #[inline(always)]
+    pub fn rgb(&self, y: u8, cb: u8, cr: u8) -> [u8; 3] {
+        let y = y as i32;
+        let (cb, cr) = (cb as usize, cr as usize);
+        let clamp = |v: i32| v.clamp(0, 255) as u8;
+        [
+            clamp(y + self.cr_r[cr]),
+            clamp(y + ((self.cb_g[cb] + self.cr_g[cr]) >> 16)),
+            clamp(y + self.cb_b[cb]),
+        ]
+    }
+}
+
+impl Default for YccTables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
