@@ -48,6 +48,7 @@ because kiln could not reproduce it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import numbers
 import sys
@@ -373,22 +374,80 @@ def _parse_param(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def _load_state_dict(path: str) -> dict:
+# Where training code puts the weights in a checkpoint dict, the model's own before EMA copies.
+_WEIGHT_KEYS = ("state_dict", "model_state_dict", "model", "ema", "model_ema", "state_dict_ema")
+
+
+def _load_state_dict(path: str, expected=None, strip_prefix: str | None = None) -> dict:
+    """Reads the weights as training code saves them and fits their names to ``expected``.
+
+    Accepts a plain state dict, or a checkpoint dict holding one under one of ``_WEIGHT_KEYS``
+    (the first present wins; the others are named on stderr). Keys carrying a wrapper prefix
+    (``module.`` from DataParallel/DDP, ``backbone.``, ``model.``, ``net.``, ``encoder.``, or
+    several) are renamed: ``strip_prefix`` when given, else the shortest prefix after which every
+    expected key is present. Keys outside that prefix are dropped and named on stderr. When
+    nothing fits, raises ``ValueError`` naming the first unmatched keys and the nearest expected.
+    """
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
         sd = load_file(path)
     else:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-            break
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path}: not a state dict")
-    if sd and all(k.startswith("module.") for k in sd):  # saved from DataParallel/DDP
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if isinstance(sd, dict) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
+        found = [k for k in _WEIGHT_KEYS if isinstance(sd.get(k), dict)]
+        if found:
+            if len(found) > 1:
+                print(f"kiln_export: {path}: using the weights under {found[0]!r} "
+                      f"(also present: {', '.join(found[1:])})", file=sys.stderr)
+            sd = sd[found[0]]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a state dict (and no dict of tensors under "
+                         f"{', '.join(_WEIGHT_KEYS)})")
+    if expected is None:
+        prefix = strip_prefix or ("module." if sd and all(k.startswith("module.") for k in sd) else "")
+    else:
+        expected = set(expected)
+        prefix = strip_prefix if strip_prefix is not None else _find_prefix(sd, expected)
+        if prefix is None:
+            # Report against the prefix that fits best, so the message names what is really missing.
+            best = max(_prefix_candidates(sd, expected) + [""],
+                       key=lambda p: sum(p + k in sd for k in expected))
+            present = sum(best + k in sd for k in expected)
+            missing = sorted(k for k in expected if best + k not in sd)[:5]
+            unmatched = sorted(k for k in sd if not (k.startswith(best) and k[len(best):] in expected))[:5]
+            near = {k: difflib.get_close_matches(best + k, list(sd), n=1, cutoff=0.3) for k in missing}
+            raise ValueError(
+                f"{path}: the keys do not fit the architecture and no wrapper prefix makes them fit "
+                f"(best: prefix {best!r}, {present} of {len(expected)} expected keys present); "
+                "expected keys missing (nearest in the file): "
+                + ", ".join(f"{k} ({n[0] if n else '-'})" for k, n in near.items())
+                + f"; first unmatched keys: {unmatched}; pass --strip-prefix P to choose the prefix")
+    if prefix:
+        dropped = [k for k in sd if not k.startswith(prefix)]
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        print(f"kiln_export: {path}: stripped the prefix {prefix!r} from {len(sd)} keys"
+              + (f"; dropped {len(dropped)} keys outside it (first: {dropped[0]})" if dropped else ""),
+              file=sys.stderr)
     return sd
+
+
+def _prefix_candidates(sd: dict, expected: set) -> list:
+    """Prefixes that turn some key of ``sd`` into an expected key, shortest first."""
+    found = set()
+    for e in expected:
+        found.update(k[: -len(e)] for k in sd if k.endswith("." + e))
+    return sorted(found, key=lambda p: (len(p), p))
+
+
+def _find_prefix(sd: dict, expected: set) -> str | None:
+    """The shortest prefix after which every expected key is in ``sd`` ("" if none is needed)."""
+    if expected <= set(sd):
+        return ""
+    for p in _prefix_candidates(sd, expected):
+        if all(p + k in sd for k in expected):
+            return p
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic", "lanczos"])
     ap.add_argument("--mean", type=float, nargs=3)
     ap.add_argument("--std", type=float, nargs=3)
+    ap.add_argument("--strip-prefix", metavar="P",
+                    help="strip P from every weight name (default: detect a wrapper prefix such as module. or backbone.)")
     args = ap.parse_args(argv)
 
     arch_params = dict(args.arch_param)
@@ -416,7 +477,13 @@ def main(argv: list[str] | None = None) -> int:
     if ctor is None or not callable(ctor):
         ap.error(f"torchvision.models has no {args.arch!r}")
     model = ctor(weights=None, num_classes=args.num_classes, **arch_params)
-    model.load_state_dict(_load_state_dict(args.state_dict), strict=True)
+    expected = [k for k in model.state_dict()]
+    try:
+        sd = _load_state_dict(args.state_dict, expected, args.strip_prefix)
+    except ValueError as e:
+        print(f"kiln_export: error: {e}", file=sys.stderr)
+        return 2
+    model.load_state_dict(sd, strict=True)
 
     for flag in ("resize", "crop"):
         v = getattr(args, flag)

@@ -131,6 +131,55 @@ class Export(unittest.TestCase):
             self.assertEqual({k: spec[k] for k in default}, default)
 
 
+
+class CheckpointShapes(unittest.TestCase):
+    """Weights as training code saves them: wrapper prefixes and checkpoint dicts."""
+
+    def setUp(self):
+        self.model = torchvision.models.resnet18(weights=None, num_classes=10)
+        self.sd = self.model.state_dict()
+        self.expected = list(self.sd)
+        self.tmp = tempfile.TemporaryDirectory()
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def save(self, obj) -> str:
+        path = str(Path(self.tmp.name) / "ckpt.pth")
+        torch.save(obj, path)
+        return path
+
+    def test_prefixes_and_wrapper_dicts(self):
+        cases = {
+            "bare": self.sd,
+            "module.": {"module." + k: v for k, v in self.sd.items()},
+            "backbone. + an extra head": {**{"backbone." + k: v for k, v in self.sd.items()},
+                                          "aux_head.weight": torch.zeros(2)},
+            "model_state_dict, module.model.": {
+                "epoch": 3, "model_state_dict": {"module.model." + k: v for k, v in self.sd.items()}},
+            "state_dict + ema": {"state_dict": {"net." + k: v for k, v in self.sd.items()},
+                                 "ema": {"encoder." + k: v * 0 for k, v in self.sd.items()}},
+            "model_ema only": {"model_ema": dict(self.sd), "optimizer": {"lr": 0.1}},
+        }
+        for name, obj in cases.items():
+            with self.subTest(name):
+                got = kiln_export._load_state_dict(self.save(obj), self.expected)
+                self.assertEqual(set(got), set(self.expected))
+                for k in self.expected:
+                    self.assertTrue(torch.equal(got[k], self.sd[k]), k)
+                self.model.load_state_dict(got, strict=True)
+
+    def test_explicit_prefix_and_clear_error(self):
+        path = self.save({"trunk." + k: v for k, v in self.sd.items() if k != "fc.bias"})
+        with self.assertRaises(ValueError) as e:
+            kiln_export._load_state_dict(path, self.expected)
+        msg = str(e.exception)
+        self.assertIn("first unmatched keys", msg)
+        self.assertIn("fc.bias", msg)
+        got = kiln_export._load_state_dict(self.save({"x." + k: v for k, v in self.sd.items()}),
+                                           self.expected, strip_prefix="x.")
+        self.assertEqual(set(got), set(self.expected))
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     unittest.main(verbosity=2)
