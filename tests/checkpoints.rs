@@ -148,3 +148,29 @@ fn finetuned_wrapped_squash_model_agrees_with_pytorch() {
     println!("fine-tuned wrapped MobileNetV2, Resize((224, 224)): max |p - p_torch| = {worst:.2e} on 12 photos");
     assert!(worst <= 1e-4, "max probability difference {worst}");
 }
+
+/// Prefixed weights that were never converted (e.g. written with safetensors' own `save_file`
+/// from a wrapper module) are refused with the prefix named and the way out, not with the
+/// model's first missing tensor.
+#[test]
+fn unconverted_prefixed_weights_name_the_prefix() {
+    let bytes = std::fs::read(common::shipped("mobilenet_v2")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let renamed: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (format!("backbone.{name}"), view))
+        .collect();
+    let path = out_path("wrapped_unconverted.safetensors");
+    safetensors::serialize_to_file(renamed, None, &path).unwrap();
+    let err = Classifier::builder()
+        .weights(&path)
+        .spec_file(common::repo().join("weights/mobilenet_v2.spec.json"))
+        .build()
+        .err()
+        .expect("prefixed weights are refused");
+    let msg = err.to_string();
+    assert!(msg.contains("prefix `backbone.`"), "{msg}");
+    assert!(msg.contains("backbone.classifier.1.weight"), "{msg}");
+    assert!(msg.contains("kiln convert"), "{msg}");
+}

@@ -353,7 +353,23 @@ impl ClassifierBuilder {
         }
 
         let entry = kiln_models::find(&spec.architecture)?;
-        if let Some(shape) = file.shape(&format!("{}.weight", entry.classifier)) {
+        let classifier_key = format!("{}.weight", entry.classifier);
+        if file.shape(&classifier_key).is_none() {
+            // Weights saved from a wrapper module (`backbone.fc.weight`) load nowhere: say which
+            // prefix they carry and how to strip it, instead of the model's first missing key.
+            let suffix = format!(".{classifier_key}");
+            if let Some((name, _, _)) = file.tensors.iter().find(|t| t.0.ends_with(&suffix)) {
+                let prefix = &name[..name.len() - classifier_key.len()];
+                return Err(RuntimeError::Mismatch(format!(
+                    "{}: the weights' names carry the prefix `{prefix}` (e.g. `{name}` for the \
+                     model's `{classifier_key}`), as saved from a wrapper module; convert the \
+                     training checkpoint with `kiln convert` (it detects and strips the prefix, \
+                     or pass --strip-prefix {prefix})",
+                    weights_path.display()
+                )));
+            }
+        }
+        if let Some(shape) = file.shape(&classifier_key) {
             if shape[0] != spec.num_classes {
                 return Err(RuntimeError::Mismatch(format!(
                     "the classifier `{}.weight` in {} has {} rows but the spec's num_classes is {}",
