@@ -8,7 +8,7 @@ use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
-mod exif;
+pub(crate) mod exif;
 mod gif;
 mod png;
 mod tiff;
@@ -171,23 +171,7 @@ fn decode_unguarded(
     let (w, h) = reader()
         .into_dimensions()
         .map_err(|e| map_image_error(e, source, format))?;
-    let pixels = w as u64 * h as u64;
-    if pixels > opts.max_pixels {
-        return Err(InputError::TooLarge {
-            path: source.into(),
-            width: w,
-            height: h,
-            max_pixels: opts.max_pixels,
-        });
-    }
-    if w < opts.min_side || h < opts.min_side {
-        return Err(InputError::TooSmall {
-            path: source.into(),
-            width: w,
-            height: h,
-            min_side: opts.min_side,
-        });
-    }
+    check_header_size(w, h, opts, source)?;
     // Room for the largest accepted image at 16 bits per channel with alpha, and no more.
     let max_alloc = opts.max_pixels.saturating_mul(8).max(64 << 20);
 
@@ -275,6 +259,33 @@ fn decode_unguarded(
         original_color,
         reoriented,
     })
+}
+
+/// Refuses, from the header's size alone and before any pixel memory is allocated, an image
+/// over `max_pixels` (decompression bomb) or under `min_side`.
+pub(crate) fn check_header_size(
+    w: u32,
+    h: u32,
+    opts: &DecodeOptions,
+    source: &str,
+) -> Result<(), InputError> {
+    if w as u64 * h as u64 > opts.max_pixels {
+        return Err(InputError::TooLarge {
+            path: source.into(),
+            width: w,
+            height: h,
+            max_pixels: opts.max_pixels,
+        });
+    }
+    if w < opts.min_side || h < opts.min_side {
+        return Err(InputError::TooSmall {
+            path: source.into(),
+            width: w,
+            height: h,
+            min_side: opts.min_side,
+        });
+    }
+    Ok(())
 }
 
 /// Converts any colour type to 8-bit RGB the way PIL's `convert("RGB")` does: grey is

@@ -186,44 +186,13 @@ pub fn parse_dht(
     Ok(())
 }
 
-/// The EXIF orientation (1–8) in an APP1 segment body, if it holds one.
+/// The EXIF orientation (1–8) in an APP1 segment body, if it holds one. Only an `Exif\0\0`
+/// segment is EXIF (other APP1 segments carry XMP); the tag itself is read by the decoder's
+/// shared EXIF reader.
 pub fn exif_orientation(seg: &[u8]) -> Option<u8> {
-    let t = seg.strip_prefix(b"Exif\0\0")?;
-    let le = match t.get(..4)? {
-        [b'I', b'I', 42, 0] => true,
-        [b'M', b'M', 0, 42] => false,
-        _ => return None,
-    };
-    let u16_at = |p: usize| -> Option<u16> {
-        let b = t.get(p..p + 2)?;
-        Some(if le {
-            u16::from_le_bytes([b[0], b[1]])
-        } else {
-            u16::from_be_bytes([b[0], b[1]])
-        })
-    };
-    let u32_at = |p: usize| -> Option<u32> {
-        let b = t.get(p..p + 4)?;
-        let a = [b[0], b[1], b[2], b[3]];
-        Some(if le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        })
-    };
-    let ifd = u32_at(4)? as usize;
-    let n = u16_at(ifd)? as usize;
-    for i in 0..n {
-        let e = ifd + 2 + 12 * i;
-        if u16_at(e)? == 0x0112 {
-            // A SHORT (type 3) value sits in the first two bytes of the value field.
-            let v = match u16_at(e + 2)? {
-                3 => u16_at(e + 8)? as u32,
-                4 => u32_at(e + 8)?,
-                _ => return None,
-            };
-            return (1..=8).contains(&v).then_some(v as u8);
-        }
+    if !seg.starts_with(b"Exif\0\0") {
+        return None;
     }
-    None
+    let v = crate::decode::exif::orientation_from_exif(seg)?;
+    (1..=8).contains(&v).then_some(v as u8)
 }

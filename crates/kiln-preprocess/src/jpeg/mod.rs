@@ -487,22 +487,7 @@ pub fn decode_input(
     };
     let info = probe(bytes).map_err(err)?;
     let (w, h) = (info.width, info.height);
-    if w as u64 * h as u64 > opts.max_pixels {
-        return Err(InputError::TooLarge {
-            path: source.into(),
-            width: w,
-            height: h,
-            max_pixels: opts.max_pixels,
-        });
-    }
-    if w < opts.min_side || h < opts.min_side {
-        return Err(InputError::TooSmall {
-            path: source.into(),
-            width: w,
-            height: h,
-            min_side: opts.min_side,
-        });
-    }
+    crate::decode::check_header_size(w, h, opts, source)?;
     let img = decode(bytes).map_err(err)?;
     let original_color = match img.info.mode {
         JpegMode::L => image::ColorType::L8,
