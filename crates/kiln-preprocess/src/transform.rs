@@ -475,20 +475,22 @@ pub fn tta_views(img: &RgbImage, spec: &TrainingSpec, tta: Tta) -> Vec<ImageTens
             }
             v
         }
-        Tta::MultiScale => [0.875, 1.0, 1.25]
-            .iter()
-            .map(|&k| {
-                let mut s = spec.clone();
-                if let Some(r) = s.resize.as_mut() {
-                    let scale = |v: u32| ((v as f64 * k).round() as u32).max(1);
-                    r.shorter_side = r.shorter_side.map(scale);
-                    r.size = r.size.map(|[a, b]| [scale(a), scale(b)]);
-                }
-                geometry(img, &s)
-            })
-            .collect(),
+        Tta::MultiScale => multi_scale_specs(spec).map(|s| geometry(img, &s)).collect(),
     };
     geoms.iter().map(|g| to_tensor(g, spec)).collect()
+}
+
+/// The multi-scale views' specs: the resize at ×0.875, ×1 and ×1.25 (rounded, at least 1).
+fn multi_scale_specs(spec: &TrainingSpec) -> impl Iterator<Item = TrainingSpec> + '_ {
+    [0.875, 1.0, 1.25].into_iter().map(move |k: f64| {
+        let mut s = spec.clone();
+        if let Some(r) = s.resize.as_mut() {
+            let scale = |v: u32| ((v as f64 * k).round() as u32).max(1);
+            r.shorter_side = r.shorter_side.map(scale);
+            r.size = r.size.map(|[a, b]| [scale(a), scale(b)]);
+        }
+        s
+    })
 }
 
 /// [`tta_views`] for the `torchvision-tensor-float` pipeline: the same views, cut from the
@@ -525,17 +527,8 @@ fn tta_views_float(img: &RgbImage, spec: &TrainingSpec, tta: Tta) -> Vec<ImageTe
             }
             v
         }
-        Tta::MultiScale => [0.875, 1.0, 1.25]
-            .iter()
-            .map(|&k| {
-                let mut s = spec.clone();
-                if let Some(r) = s.resize.as_mut() {
-                    let scale = |v: u32| ((v as f64 * k).round() as u32).max(1);
-                    r.shorter_side = r.shorter_side.map(scale);
-                    r.size = r.size.map(|[a, b]| [scale(a), scale(b)]);
-                }
-                preprocess(img, &s)
-            })
+        Tta::MultiScale => multi_scale_specs(spec)
+            .map(|s| preprocess(img, &s))
             .collect(),
     }
 }
