@@ -283,3 +283,31 @@ fn bad_files_give_clear_errors() {
         })
     ));
 }
+
+/// The SIMD paths (AVX2, where the CPU has it) and the portable scalar paths give the same
+/// samples on every corpus file and photo; with the PIL tests above (which run the detected
+/// paths) this holds both to PIL's pixels. `KILN_ISA=baseline` makes `decode` itself scalar.
+#[test]
+fn simd_and_scalar_paths_agree() {
+    let detected = jpeg::Isa::detect();
+    println!("detected decoder paths: {detected:?}");
+    let corpus = fixtures().join("corpus");
+    let photos = shared().join("imagenet-sample");
+    let mut files: Vec<PathBuf> = [corpus, photos]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg" || e == "JPEG"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 630, "{} files", files.len());
+    let mut failures = vec![];
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let simd = jpeg::decode_with_isa(&bytes, jpeg::Isa::Avx2).map(|i| i.data);
+        let scalar = jpeg::decode_with_isa(&bytes, jpeg::Isa::Scalar).map(|i| i.data);
+        if simd != scalar {
+            failures.push(f.display().to_string());
+        }
+    }
+    assert!(failures.is_empty(), "paths differ: {}", failures.join("\n"));
+}

@@ -118,3 +118,176 @@ pub fn idct_islow(coefs: &[i16; 64], quant: &[u16; 64], out: &mut [u8], stride: 
         }
     }
 }
+
+/// [`idct_islow`] with AVX2: the same integer arithmetic on eight columns (then eight rows) at
+/// once, in 32-bit lanes that wrap exactly as the scalar `i32` code does in release builds, and
+/// the final clamp by saturating packs (equal to the scalar clamp). An all-zero AC block takes
+/// the shortcut libjpeg-turbo's column and row shortcuts amount to: one value for the block.
+///
+/// # Safety
+/// The CPU must support AVX2; `out` must hold `7 * stride + 8` bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub unsafe fn idct_islow_avx2(coefs: &[i16; 64], quant: &[u16; 64], out: &mut [u8], stride: usize) {
+    use std::arch::x86_64::*;
+    assert!(out.len() >= 7 * stride + 8, "IDCT output too short");
+    let cp = coefs.as_ptr() as *const __m256i;
+    // SAFETY: `coefs` is 64 i16 = four 32-byte vectors; unaligned loads.
+    let (c0, c1, c2, c3) = (
+        _mm256_loadu_si256(cp),
+        _mm256_loadu_si256(cp.add(1)),
+        _mm256_loadu_si256(cp.add(2)),
+        _mm256_loadu_si256(cp.add(3)),
+    );
+    let dc_mask = _mm256_setr_epi16(
+        0, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    );
+    let any = _mm256_or_si256(
+        _mm256_and_si256(c0, dc_mask),
+        _mm256_or_si256(c1, _mm256_or_si256(c2, c3)),
+    );
+    if _mm256_testz_si256(any, any) != 0 {
+        let w0 = (coefs[0] as i32 * quant[0] as i32) << PASS1_BITS;
+        let v = clamp_sample((w0 + (1 << (PASS1_BITS + 2))) >> (PASS1_BITS + 3));
+        for r in 0..8 {
+            out[r * stride..r * stride + 8].fill(v);
+        }
+        return;
+    }
+    let mut s = [_mm256_setzero_si256(); 8];
+    for (r, v) in s.iter_mut().enumerate() {
+        // SAFETY: row `r` of 8 i16/u16 lies inside the 64-element arrays.
+        let c = _mm256_cvtepi16_epi32(_mm_loadu_si128(coefs.as_ptr().add(r * 8) as *const __m128i));
+        let q = _mm256_cvtepu16_epi32(_mm_loadu_si128(quant.as_ptr().add(r * 8) as *const __m128i));
+        *v = _mm256_mullo_epi32(c, q);
+    }
+    // Pass 1: columns (lane = column), descaled by CONST_BITS − PASS1_BITS.
+    let o = kernel_v(s);
+    let round = _mm256_set1_epi32(1 << (CONST_BITS - PASS1_BITS - 1));
+    let mut ws = [_mm256_setzero_si256(); 8];
+    for (w, v) in ws.iter_mut().zip(o) {
+        *w = _mm256_srai_epi32::<{ CONST_BITS - PASS1_BITS }>(_mm256_add_epi32(v, round));
+    }
+    // Pass 2: rows (lane = row after the transpose), descaled by CONST_BITS + PASS1_BITS + 3.
+    let o = kernel_v(transpose(ws));
+    let round = _mm256_set1_epi32(1 << (CONST_BITS + PASS1_BITS + 2));
+    let bias = _mm256_set1_epi32(128);
+    let mut px = [_mm256_setzero_si256(); 8];
+    for (p, v) in px.iter_mut().zip(o) {
+        let d = _mm256_srai_epi32::<{ CONST_BITS + PASS1_BITS + 3 }>(_mm256_add_epi32(v, round));
+        *p = _mm256_add_epi32(d, bias);
+    }
+    let rows = transpose(px);
+    // Saturating packs: i32 → i16 → u8 is the clamp to 0..=255.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for half in 0..2 {
+        let r = &rows[half * 4..half * 4 + 4];
+        let a = _mm256_packs_epi32(r[0], r[1]);
+        let b = _mm256_packs_epi32(r[2], r[3]);
+        let bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, b), order);
+        let mut tmp = [0u8; 32];
+        // SAFETY: `tmp` is 32 bytes.
+        _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, bytes);
+        for k in 0..4 {
+            let row = half * 4 + k;
+            out[row * stride..row * stride + 8].copy_from_slice(&tmp[k * 8..k * 8 + 8]);
+        }
+    }
+}
+
+/// [`kernel`] on eight lanes at once (`dc_shift` = `CONST_BITS`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn kernel_v(s: [std::arch::x86_64::__m256i; 8]) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
+    // Macros rather than closures, so that the intrinsics are inlined with this function's
+    // target features.
+    macro_rules! mul {
+        ($a:expr, $c:expr) => {
+            _mm256_mullo_epi32($a, _mm256_set1_epi32($c))
+        };
+    }
+    macro_rules! add {
+        ($a:expr, $b:expr) => {
+            _mm256_add_epi32($a, $b)
+        };
+    }
+    macro_rules! sub {
+        ($a:expr, $b:expr) => {
+            _mm256_sub_epi32($a, $b)
+        };
+    }
+    let (z2, z3) = (s[2], s[6]);
+    let z1 = mul!(add!(z2, z3), FIX_0_541196100);
+    let tmp2 = sub!(z1, mul!(z3, FIX_1_847759065));
+    let tmp3 = add!(z1, mul!(z2, FIX_0_765366865));
+    let tmp0 = _mm256_slli_epi32::<CONST_BITS>(add!(s[0], s[4]));
+    let tmp1 = _mm256_slli_epi32::<CONST_BITS>(sub!(s[0], s[4]));
+    let tmp10 = add!(tmp0, tmp3);
+    let tmp13 = sub!(tmp0, tmp3);
+    let tmp11 = add!(tmp1, tmp2);
+    let tmp12 = sub!(tmp1, tmp2);
+
+    let (t0, t1, t2, t3) = (s[7], s[5], s[3], s[1]);
+    let z1 = add!(t0, t3);
+    let z2 = add!(t1, t2);
+    let z3 = add!(t0, t2);
+    let z4 = add!(t1, t3);
+    let z5 = mul!(add!(z3, z4), FIX_1_175875602);
+    let t0 = mul!(t0, FIX_0_298631336);
+    let t1 = mul!(t1, FIX_2_053119869);
+    let t2 = mul!(t2, FIX_3_072711026);
+    let t3 = mul!(t3, FIX_1_501321110);
+    // −z·c computed as z·(−c): the same value in wrapping 32-bit arithmetic.
+    let z1 = mul!(z1, -FIX_0_899976223);
+    let z2 = mul!(z2, -FIX_2_562915447);
+    let z3 = add!(mul!(z3, -FIX_1_961570560), z5);
+    let z4 = add!(mul!(z4, -FIX_0_390180644), z5);
+    let t0 = add!(add!(t0, z1), z3);
+    let t1 = add!(add!(t1, z2), z4);
+    let t2 = add!(add!(t2, z2), z3);
+    let t3 = add!(add!(t3, z1), z4);
+    [
+        add!(tmp10, t3),
+        add!(tmp11, t2),
+        add!(tmp12, t1),
+        add!(tmp13, t0),
+        sub!(tmp13, t0),
+        sub!(tmp12, t1),
+        sub!(tmp11, t2),
+        sub!(tmp10, t3),
+    ]
+}
+
+/// Transposes an 8×8 matrix of 32-bit values held as eight row vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose(m: [std::arch::x86_64::__m256i; 8]) -> [std::arch::x86_64::__m256i; 8] {
+    use std::arch::x86_64::*;
+    let a0 = _mm256_unpacklo_epi32(m[0], m[1]);
+    let a1 = _mm256_unpackhi_epi32(m[0], m[1]);
+    let a2 = _mm256_unpacklo_epi32(m[2], m[3]);
+    let a3 = _mm256_unpackhi_epi32(m[2], m[3]);
+    let a4 = _mm256_unpacklo_epi32(m[4], m[5]);
+    let a5 = _mm256_unpackhi_epi32(m[4], m[5]);
+    let a6 = _mm256_unpacklo_epi32(m[6], m[7]);
+    let a7 = _mm256_unpackhi_epi32(m[6], m[7]);
+    let b0 = _mm256_unpacklo_epi64(a0, a2);
+    let b1 = _mm256_unpackhi_epi64(a0, a2);
+    let b2 = _mm256_unpacklo_epi64(a1, a3);
+    let b3 = _mm256_unpackhi_epi64(a1, a3);
+    let b4 = _mm256_unpacklo_epi64(a4, a6);
+    let b5 = _mm256_unpackhi_epi64(a4, a6);
+    let b6 = _mm256_unpacklo_epi64(a5, a7);
+    let b7 = _mm256_unpackhi_epi64(a5, a7);
+    [
+        _mm256_permute2x128_si256::<0x20>(b0, b4),
+        _mm256_permute2x128_si256::<0x20>(b1, b5),
+        _mm256_permute2x128_si256::<0x20>(b2, b6),
+        _mm256_permute2x128_si256::<0x20>(b3, b7),
+        _mm256_permute2x128_si256::<0x31>(b0, b4),
+        _mm256_permute2x128_si256::<0x31>(b1, b5),
+        _mm256_permute2x128_si256::<0x31>(b2, b6),
+        _mm256_permute2x128_si256::<0x31>(b3, b7),
+    ]
+}

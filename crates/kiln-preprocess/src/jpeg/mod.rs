@@ -16,12 +16,14 @@ pub mod idct;
 pub mod markers;
 pub mod output;
 pub mod scan;
+pub mod simd;
 pub mod smooth;
 
 use huffman::HuffTable;
 use markers::{be16, Frame};
 use output::{Plane, Upsampler, YccTables};
 use scan::{Coefs, ScanHeader};
+pub use simd::Isa;
 
 /// Why a JPEG could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -246,8 +248,19 @@ enum ColorSpace {
 
 /// Decodes a whole JPEG file.
 pub fn decode(data: &[u8]) -> Result<JpegImage, JpegError> {
+    decode_with_isa(data, Isa::detect())
+}
+
+/// [`decode`] with the given code paths: [`Isa::Scalar`] runs the portable code only (the
+/// tests compare it with the SIMD paths). `Isa::Avx2` falls back to the scalar code on a CPU
+/// without AVX2.
+pub fn decode_with_isa(data: &[u8], isa: Isa) -> Result<JpegImage, JpegError> {
+    let isa = match isa {
+        Isa::Avx2 if Isa::detect() == Isa::Avx2 => Isa::Avx2,
+        _ => Isa::Scalar,
+    };
     let parts = decode_parts(data)?;
-    let data = render(&parts)?;
+    let data = render(&parts, isa)?;
     Ok(JpegImage {
         info: parts.info,
         data,
@@ -402,7 +415,7 @@ fn parse_sos(seg: &[u8], f: &Frame) -> Result<ScanHeader, JpegError> {
 }
 
 /// IDCT, upsampling and colour conversion into Pillow's mode.
-fn render(parts: &Parts) -> Result<Vec<u8>, JpegError> {
+fn render(parts: &Parts, isa: Isa) -> Result<Vec<u8>, JpegError> {
     let (f, co, cs, smoothing) = (&parts.frame, &parts.coefs, parts.cs, parts.smoothing);
     if f.comps.iter().any(|c| c.quant.is_none()) {
         return Err(JpegError::Corrupt("a component appears in no scan".into()));
@@ -414,7 +427,7 @@ fn render(parts: &Parts) -> Result<Vec<u8>, JpegError> {
         .enumerate()
         .map(|(i, c)| {
             let s = smoothing.then_some((&co.coef_bits[i], total_imcu_rows));
-            output::idct_plane(c, &co.blocks[i], s)
+            output::idct_plane(c, &co.blocks[i], s, isa)
         })
         .collect();
     let mut ups = Vec::with_capacity(f.comps.len());

@@ -4,7 +4,10 @@
 //! (jdcolor.c: fixed-point YCbCr → RGB, YCCK → CMYK).
 
 use super::idct::idct_islow;
+#[cfg(target_arch = "x86_64")]
+use super::idct::idct_islow_avx2;
 use super::markers::Component;
+use super::simd::Isa;
 use super::smooth;
 
 /// A decoded component plane, `stride = bw * 8` samples per row.
@@ -20,7 +23,12 @@ pub struct Plane {
 }
 
 /// Runs the inverse DCT over every block of `c` that holds image samples.
-pub fn idct_plane(c: &Component, blocks: &[i16], smoothing: Option<(&[i32; 64], usize)>) -> Plane {
+pub fn idct_plane(
+    c: &Component,
+    blocks: &[i16],
+    smoothing: Option<(&[i32; 64], usize)>,
+    isa: Isa,
+) -> Plane {
     let stride = c.bw * 8;
     let mut data = vec![0u8; stride * c.bh * 8];
     let quant = c.quant.unwrap_or([0; 64]);
@@ -36,7 +44,14 @@ pub fn idct_plane(c: &Component, blocks: &[i16], smoothing: Option<(&[i32; 64], 
                 }
                 None => blocks[off..off + 64].try_into().expect("64"),
             };
-            idct_islow(blk, &quant, &mut row[bx * 8..], stride);
+            let out = &mut row[bx * 8..];
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2; `out` holds 8 rows
+                // of `stride` samples from this block's first column.
+                Isa::Avx2 => unsafe { idct_islow_avx2(blk, &quant, out, stride) },
+                _ => idct_islow(blk, &quant, out, stride),
+            }
         }
     }
     Plane {
