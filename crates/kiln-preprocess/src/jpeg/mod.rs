@@ -456,11 +456,7 @@ fn render(parts: &Parts, isa: Isa) -> Result<Vec<u8>, JpegError> {
                     px.copy_from_slice(&[rows[0][x], rows[1][x], rows[2][x]]);
                 }
             }
-            ColorSpace::YCbCr => {
-                for (x, px) in o.chunks_exact_mut(3).enumerate() {
-                    px.copy_from_slice(&ycc.rgb(rows[0][x], rows[1][x], rows[2][x]));
-                }
-            }
+            ColorSpace::YCbCr => output::ycc_row(&ycc, isa, &rows[0], &rows[1], &rows[2], o),
             ColorSpace::Cmyk | ColorSpace::Ycck => {
                 for (x, px) in o.chunks_exact_mut(4).enumerate() {
                     let (c, m, ye) = if cs == ColorSpace::Ycck {

@@ -225,3 +225,120 @@ impl Default for YccTables {
         Self::new()
     }
 }
+
+/// YCbCr → RGB for one row (`out` = 3 × `y.len()` bytes) on `isa`'s path.
+pub fn ycc_row(t: &YccTables, isa: Isa, y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) {
+    let n = y.len();
+    assert!(cb.len() >= n && cr.len() >= n && out.len() >= 3 * n);
+    let done = match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2; lengths checked above.
+        Isa::Avx2 => unsafe { ycc_row_avx2(y, cb, cr, out) },
+        _ => 0,
+    };
+    for x in done..n {
+        out[3 * x..3 * x + 3].copy_from_slice(&t.rgb(y[x], cb[x], cr[x]));
+    }
+}
+
+/// The first `16 * k` pixels of [`ycc_row`] with AVX2; returns how many it converted. It
+/// computes what [`YccTables`] tabulates (`(FIX(c)·(v − 128) + ONE_HALF) >> 16` in 32-bit
+/// lanes, the green terms summed before the shift), so the values are the tables' values.
+///
+/// # Safety
+/// The CPU must support AVX2; `cb`, `cr` hold `y.len()` samples and `out` three times that.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn ycc_row_avx2(y: &[u8], cb: &[u8], cr: &[u8], out: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    const FIX_1_40200: i32 = 91881;
+    const FIX_1_77200: i32 = 116130;
+    const FIX_0_71414: i32 = 46802;
+    const FIX_0_34414: i32 = 22554;
+    let half = _mm256_set1_epi32(1 << 15);
+    let c128 = _mm256_set1_epi32(128);
+    // Output byte j of each 16-byte chunk is channel j % 3 of pixel j / 3 (counting from the
+    // chunk's first byte in the 48-byte group); 0x80 leaves a zero for the other channels.
+    let mask = |k: usize, ch: usize| {
+        let mut m = [0x80u8; 16];
+        for (j, e) in m.iter_mut().enumerate() {
+            let b = 16 * k + j;
+            if b % 3 == ch {
+                *e = (b / 3) as u8;
+            }
+        }
+        m
+    };
+    let mut masks = [[0u8; 16]; 9];
+    for k in 0..3 {
+        for ch in 0..3 {
+            masks[k * 3 + ch] = mask(k, ch);
+        }
+    }
+    // SAFETY (all loads below): `masks` entries are 16 bytes.
+    let mut m = [_mm_setzero_si128(); 9];
+    for (v, b) in m.iter_mut().zip(&masks) {
+        *v = _mm_loadu_si128(b.as_ptr() as *const __m128i);
+    }
+    let n = y.len();
+    let mut x = 0;
+    while x + 16 <= n {
+        let mut rgb16 = [_mm256_setzero_si256(); 3];
+        let mut parts = [[_mm256_setzero_si256(); 2]; 3];
+        for h in 0..2 {
+            let at = x + 8 * h;
+            // SAFETY: `at + 8 <= n` samples in each of `y`, `cb`, `cr`.
+            macro_rules! ld {
+                ($s:expr) => {
+                    _mm256_cvtepu8_epi32(_mm_loadl_epi64($s.as_ptr().add(at) as *const __m128i))
+                };
+            }
+            let yv = ld!(y);
+            let xb = _mm256_sub_epi32(ld!(cb), c128);
+            let xr = _mm256_sub_epi32(ld!(cr), c128);
+            let r = _mm256_srai_epi32::<16>(_mm256_add_epi32(
+                _mm256_mullo_epi32(xr, _mm256_set1_epi32(FIX_1_40200)),
+                half,
+            ));
+            let b = _mm256_srai_epi32::<16>(_mm256_add_epi32(
+                _mm256_mullo_epi32(xb, _mm256_set1_epi32(FIX_1_77200)),
+                half,
+            ));
+            let g = _mm256_srai_epi32::<16>(_mm256_add_epi32(
+                _mm256_add_epi32(
+                    _mm256_mullo_epi32(xb, _mm256_set1_epi32(-FIX_0_34414)),
+                    half,
+                ),
+                _mm256_mullo_epi32(xr, _mm256_set1_epi32(-FIX_0_71414)),
+            ));
+            parts[0][h] = _mm256_add_epi32(yv, r);
+            parts[1][h] = _mm256_add_epi32(yv, g);
+            parts[2][h] = _mm256_add_epi32(yv, b);
+        }
+        for (o, p) in rgb16.iter_mut().zip(parts) {
+            // 16 i16 in pixel order (packs works within 128-bit lanes).
+            *o = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(p[0], p[1]));
+        }
+        // Saturating to u8 is the clamp to 0..=255; R in the low half, G in the high half.
+        let rg = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi16(rgb16[0], rgb16[1]));
+        let bb = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi16(rgb16[2], rgb16[2]));
+        let (r, g, b) = (
+            _mm256_castsi256_si128(rg),
+            _mm256_extracti128_si256::<1>(rg),
+            _mm256_castsi256_si128(bb),
+        );
+        for k in 0..3 {
+            let v = _mm_or_si128(
+                _mm_or_si128(
+                    _mm_shuffle_epi8(r, m[k * 3]),
+                    _mm_shuffle_epi8(g, m[k * 3 + 1]),
+                ),
+                _mm_shuffle_epi8(b, m[k * 3 + 2]),
+            );
+            // SAFETY: pixel `x + 16 <= n` ends at byte `3n <= out.len()`.
+            _mm_storeu_si128(out.as_mut_ptr().add(3 * x + 16 * k) as *mut __m128i, v);
+        }
+        x += 16;
+    }
+    x
+}
