@@ -16,6 +16,11 @@ pub struct HuffTable {
     /// Index into `values` of the first code of each length, minus that code.
     valoffset: [i32; 17],
     values: Vec<u8>,
+    /// For AC decoding: indexed like `lookup`, `(value << 16) | (run << 4) | bits` when the
+    /// code and its magnitude bits together fit in `LOOKUP_BITS` (`bits` is their total, `run`
+    /// the zero run before the coefficient, `value` the extended coefficient); 0 otherwise
+    /// (longer codes, end-of-block and zero-run symbols), which takes the general path.
+    fast_ac: Vec<i32>,
 }
 
 impl HuffTable {
@@ -54,12 +59,38 @@ impl HuffTable {
             code <<= 1;
         }
         maxcode[17] = i32::MAX;
+        let mut fast_ac = vec![0i32; 1 << LOOKUP_BITS];
+        for (i, f) in fast_ac.iter_mut().enumerate() {
+            let e = lookup[i];
+            if e == 0 {
+                continue;
+            }
+            let (len, rs) = ((e >> 8) as u32, e as u8);
+            let (run, size) = ((rs >> 4) as i32, (rs & 15) as u32);
+            if size == 0 || len + size > LOOKUP_BITS {
+                continue;
+            }
+            let v = ((i as u32) >> (LOOKUP_BITS - len - size)) & ((1 << size) - 1);
+            let v = extend(v as i32, size);
+            *f = (v << 16) | (run << 4) | (len + size) as i32;
+        }
         Ok(Self {
             lookup,
             maxcode,
             valoffset,
             values: values.to_vec(),
+            fast_ac,
         })
+    }
+}
+
+/// `v`, the `n` magnitude bits that follow a symbol, as a signed value (the standard's EXTEND).
+#[inline(always)]
+fn extend(v: i32, n: u32) -> i32 {
+    if v < 1 << (n - 1) {
+        v - (1 << n) + 1
+    } else {
+        v
     }
 }
 
@@ -93,6 +124,28 @@ impl<'a> BitReader<'a> {
 
     #[inline(always)]
     fn refill(&mut self) {
+        // Eight bytes at once when none of them is 0xFF (no stuffing, no marker): as many whole
+        // bytes as fit go in below the buffered bits.
+        if !self.stopped && self.pos + 8 <= self.data.len() {
+            let w = u64::from_be_bytes(
+                self.data[self.pos..self.pos + 8]
+                    .try_into()
+                    .expect("8 bytes"),
+            );
+            // A byte of `!w` is zero exactly where `w` has 0xFF (the classic has-zero-byte test).
+            let ones = 0x0101_0101_0101_0101u64;
+            let has_ff = ((!w).wrapping_sub(ones) & w & (ones << 7)) != 0;
+            if !has_ff {
+                let k = (64 - self.bits) / 8;
+                if k > 0 {
+                    let add = w >> (64 - 8 * k);
+                    self.buf |= add << (64 - self.bits - 8 * k);
+                    self.bits += 8 * k;
+                    self.pos += k as usize;
+                }
+                return;
+            }
+        }
         while self.bits <= 56 {
             let byte = if self.stopped {
                 self.fake += 1;
@@ -167,12 +220,22 @@ impl<'a> BitReader<'a> {
         if n == 0 {
             return 0;
         }
-        let v = self.bits(n) as i32;
-        if v < 1 << (n - 1) {
-            v - (1 << n) + 1
-        } else {
-            v
+        extend(self.bits(n) as i32, n)
+    }
+
+    /// One AC coefficient through the table's `fast_ac` entry, if the next bits have one:
+    /// `(run, value)`, with the code and magnitude bits consumed.
+    #[inline(always)]
+    pub fn fast_ac(&mut self, t: &HuffTable) -> Option<(usize, i32)> {
+        if self.bits < LOOKUP_BITS {
+            self.refill();
         }
+        let f = t.fast_ac[(self.buf >> (64 - LOOKUP_BITS)) as usize];
+        if f == 0 {
+            return None;
+        }
+        self.consume((f & 15) as u32);
+        Some((((f >> 4) & 15) as usize, f >> 16))
     }
 
     /// One Huffman symbol.

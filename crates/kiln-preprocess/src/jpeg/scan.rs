@@ -197,6 +197,12 @@ fn decode_baseline(
     blk[0] = *pred as i16;
     let mut k = 1;
     while k < 64 {
+        if let Some((run, v)) = r.fast_ac(ac) {
+            k += run;
+            blk[ZIGZAG[k.min(63)]] = v as i16;
+            k += 1;
+            continue;
+        }
         let rs = r.decode(ac)?;
         let (run, size) = ((rs >> 4) as usize, (rs & 15) as u32);
         if size == 0 {
@@ -229,6 +235,12 @@ fn ac_first(
     }
     let mut k = ss;
     while k <= se {
+        if let Some((run, v)) = r.fast_ac(ac) {
+            k += run;
+            blk[ZIGZAG[k.min(63)]] = (v * (1 << al)) as i16;
+            k += 1;
+            continue;
+        }
         let rs = r.decode(ac)?;
         let (run, size) = ((rs >> 4) as u32, (rs & 15) as u32);
         if size == 0 {
