@@ -1,6 +1,11 @@
 //! MobileNetV2 (Sandler et al., 2018) with torchvision's structure and key names:
 //! `features.0` stem, `features.1..=17` inverted residuals (`conv.N`), `features.18` the 1×1
 //! head conv, `classifier.1` the linear layer.
+//!
+//! Two options serve the same network trained elsewhere: TensorFlow's "SAME" padding
+//! ([`MobileNetV2Options::tf_padding`], as transformers' `MobileNetV2Model` with `tf_padding`,
+//! ported from TensorFlow's checkpoints: at stride 2 the odd pixel is padded after, not on both
+//! sides) and the batch-norm epsilon (transformers' `layer_norm_eps`, 1e-3 by default).
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -34,6 +39,50 @@ pub fn make_divisible(v: f64, divisor: usize) -> usize {
     new_v
 }
 
+/// How a [`MobileNetV2`] is built beyond its width.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MobileNetV2Options {
+    /// Channel width multiplier (torchvision's `width_mult`).
+    pub width_mult: f64,
+    /// Pad the 3×3 convolutions as TensorFlow's "SAME" (uneven at stride 2) instead of
+    /// torchvision's symmetric 1.
+    pub tf_padding: bool,
+    /// Batch-norm epsilon.
+    pub bn_eps: f64,
+}
+
+impl Default for MobileNetV2Options {
+    fn default() -> Self {
+        Self {
+            width_mult: 1.0,
+            tf_padding: false,
+            bn_eps: BN_EPS,
+        }
+    }
+}
+
+impl MobileNetV2Options {
+    /// The geometry of a 3×3 convolution: torchvision's symmetric padding, or under TensorFlow
+    /// "SAME" the stride-1 padding `(k - 1) / 2` and none at stride 2, where the uneven padding
+    /// is computed from the input at each call.
+    fn geom3x3(&self, cin: usize, cout: usize, stride: usize, groups: usize) -> ConvGeom {
+        let g = ConvGeom::same_torch(cin, cout, 3, stride, groups);
+        if self.tf_padding && stride != 1 {
+            ConvGeom { pad: [0; 4], ..g }
+        } else {
+            g
+        }
+    }
+
+    fn dw_padding(&self) -> DwPadding {
+        if self.tf_padding {
+            DwPadding::TfSame
+        } else {
+            DwPadding::Fixed
+        }
+    }
+}
+
 /// One inverted residual of torchvision's layout: `conv.0` expand (absent at expansion 1),
 /// then depthwise, then the linear projection.
 fn inverted_residual(
@@ -42,13 +91,15 @@ fn inverted_residual(
     oup: usize,
     stride: usize,
     t: usize,
+    o: &MobileNetV2Options,
 ) -> Result<InvertedResidual> {
+    let eps = o.bn_eps;
     let hidden = ((inp * t) as f64).round() as usize;
     let c = vb.pp("conv");
     // Keys shift by one when there is no expansion conv: conv.0 is then the depthwise block.
     let (expand, dw_idx, proj_idx) = if t != 1 {
         let g = ConvGeom::same_torch(inp, hidden, 1, 1, 1);
-        let e = ConvBn::load(c.pp("0.0"), c.pp("0.1"), g, BN_EPS, Act::Relu6)?;
+        let e = ConvBn::load(c.pp("0.0"), c.pp("0.1"), g, eps, Act::Relu6)?;
         (Some(e), 1, 2)
     } else {
         (None, 0, 1)
@@ -57,15 +108,15 @@ fn inverted_residual(
     let depthwise = ConvBn::load(
         dw.pp(0),
         dw.pp(1),
-        ConvGeom::same_torch(hidden, hidden, 3, stride, hidden),
-        BN_EPS,
+        o.geom3x3(hidden, hidden, stride, hidden),
+        eps,
         Act::Relu6,
     )?;
     let project = ConvBn::load(
         c.pp(proj_idx),
         c.pp(proj_idx + 1),
         ConvGeom::same_torch(hidden, oup, 1, 1, 1),
-        BN_EPS,
+        eps,
         Act::None,
     )?;
     Ok(InvertedResidual::new(
@@ -73,7 +124,7 @@ fn inverted_residual(
         depthwise,
         project,
         stride == 1 && inp == oup,
-        DwPadding::Fixed,
+        o.dw_padding(),
     ))
 }
 
@@ -84,16 +135,28 @@ pub struct MobileNetV2 {
 }
 
 impl MobileNetV2 {
-    /// Builds the network for `width_mult` from weights under `vb`.
+    /// Builds torchvision's network for `width_mult` from weights under `vb`.
     pub fn load(vb: VarBuilder, width_mult: f64) -> Result<Self> {
+        Self::load_with(
+            vb,
+            &MobileNetV2Options {
+                width_mult,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Builds the network as `o` says from weights under `vb`.
+    pub fn load_with(vb: VarBuilder, o: &MobileNetV2Options) -> Result<Self> {
+        let width_mult = o.width_mult;
         let f = vb.pp("features");
         let mut inp = make_divisible(32.0 * width_mult, 8);
         let last = make_divisible(1280.0 * width_mult.max(1.0), 8);
         let stem = ConvBn::load(
             f.pp("0.0"),
             f.pp("0.1"),
-            ConvGeom::same_torch(3, inp, 3, 2, 1),
-            BN_EPS,
+            o.geom3x3(3, inp, 2, 1),
+            o.bn_eps,
             Act::Relu6,
         )?;
         let mut blocks = vec![];
@@ -107,6 +170,7 @@ impl MobileNetV2 {
                     oup,
                     stride,
                     t,
+                    o,
                 )?);
                 inp = oup;
             }
@@ -116,13 +180,13 @@ impl MobileNetV2 {
             f.pp(format!("{idx}.0")),
             f.pp(format!("{idx}.1")),
             ConvGeom::same_torch(inp, last, 1, 1, 1),
-            BN_EPS,
+            o.bn_eps,
             Act::Relu6,
         )?;
         // classifier.0 is dropout: the identity at inference.
         let classifier = Linear::load(vb.pp("classifier.1"), last)?;
         Ok(Self {
-            trunk: MobileTrunk::new(stem, false, blocks, head)?,
+            trunk: MobileTrunk::new(stem, o.tf_padding, blocks, head)?,
             classifier,
         })
     }

@@ -32,9 +32,13 @@ fn param(p: &ArchParams, name: &str, default: f64) -> f64 {
 }
 
 fn mobilenet_v2(vb: VarBuilder, p: &ArchParams) -> candle_core::Result<Box<dyn ImageModel>> {
-    Ok(Box::new(crate::mobilenet_v2::MobileNetV2::load(
-        vb,
-        param(p, "width_mult", 1.0),
+    let o = crate::mobilenet_v2::MobileNetV2Options {
+        width_mult: param(p, "width_mult", 1.0),
+        tf_padding: param(p, "tf_padding", 0.0) != 0.0,
+        bn_eps: param(p, "bn_eps", 1e-5),
+    };
+    Ok(Box::new(crate::mobilenet_v2::MobileNetV2::load_with(
+        vb, &o,
     )?))
 }
 
@@ -84,7 +88,8 @@ pub static ARCHITECTURES: &[ArchEntry] = &[
         name: "mobilenet_v2",
         family: "mobilenet_v2",
         classifier: "classifier.1",
-        params: &[("width_mult", 1.0)],
+        // tf_padding (0/1) and bn_eps: transformers' MobileNetV2 (TensorFlow-ported).
+        params: &[("width_mult", 1.0), ("tf_padding", 0.0), ("bn_eps", 1e-5)],
         build: mobilenet_v2,
     },
     resnet_entry!("resnet18", RESNET18),
@@ -150,6 +155,24 @@ pub fn build(
                 param: "width_mult".into(),
                 value: w.to_string(),
                 expected: "0 < width_mult <= 4 (torchvision publishes 0.5, 0.75, 1.0, 1.4)".into(),
+            });
+        }
+        let t = param(params, "tf_padding", 0.0);
+        if t != 0.0 && t != 1.0 {
+            return Err(ModelError::BadParam {
+                arch: name.into(),
+                param: "tf_padding".into(),
+                value: t.to_string(),
+                expected: "0 (torchvision's padding) or 1 (TensorFlow's \"SAME\")".into(),
+            });
+        }
+        let eps = param(params, "bn_eps", 1e-5);
+        if !(eps > 0.0 && eps < 1.0) {
+            return Err(ModelError::BadParam {
+                arch: name.into(),
+                param: "bn_eps".into(),
+                value: eps.to_string(),
+                expected: "a batch-norm epsilon, 0 < bn_eps < 1".into(),
             });
         }
     }

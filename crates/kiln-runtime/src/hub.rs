@@ -978,6 +978,54 @@ pub fn transformers_resnet_key(name: &str) -> Option<String> {
     }
 }
 
+// transformers' MobileNetV2 (kept apart so that it can move with the architecture tables)
+
+/// transformers `MobileNetV2ForImageClassification` name → torchvision name, `None` for a name
+/// it does not have (or has only in layouts kiln refuses, such as the stem's `expand_1x1` of
+/// `first_layer_is_expansion: false`).
+///
+/// Each transformers layer is `{convolution, normalization}`. `mobilenet_v2.conv_stem.first_conv`
+/// → `features.0.0/1`; the stem's `conv_3x3` (depthwise) and `reduce_1x1` are torchvision's
+/// expansion-1 block: `features.1.conv.0.0/0.1` and `features.1.conv.1/2`;
+/// `mobilenet_v2.layer.I.{expand_1x1, conv_3x3, reduce_1x1}` (I < 16) →
+/// `features.{I+2}.conv.{0.0/0.1, 1.0/1.1, 2/3}`; `mobilenet_v2.conv_1x1` → `features.18.0/1`;
+/// `classifier` → `classifier.1`.
+pub fn transformers_mobilenet_v2_key(name: &str) -> Option<String> {
+    let (module, param) = split_param(name)?;
+    if module == "classifier" && (param == "weight" || param == "bias") {
+        return Some(format!("classifier.1.{param}"));
+    }
+    let (layer, part) = module.rsplit_once('.')?;
+    let conv = match part {
+        "convolution" if param == "weight" => true,
+        "normalization" if BN_PARAMS.contains(&param) => false,
+        _ => return None,
+    };
+    let pick = |c: &str, n: &str| if conv { c.to_string() } else { n.to_string() };
+    let mapped = match layer {
+        "mobilenet_v2.conv_stem.first_conv" => pick("features.0.0", "features.0.1"),
+        "mobilenet_v2.conv_stem.conv_3x3" => pick("features.1.conv.0.0", "features.1.conv.0.1"),
+        "mobilenet_v2.conv_stem.reduce_1x1" => pick("features.1.conv.1", "features.1.conv.2"),
+        "mobilenet_v2.conv_1x1" => pick("features.18.0", "features.18.1"),
+        _ => {
+            let rest = layer.strip_prefix("mobilenet_v2.layer.")?;
+            let (i, sub) = rest.split_once('.')?;
+            let i: usize = i.parse().ok()?;
+            if i >= 16 {
+                return None;
+            }
+            let (c, n) = match sub {
+                "expand_1x1" => ("conv.0.0", "conv.0.1"),
+                "conv_3x3" => ("conv.1.0", "conv.1.1"),
+                "reduce_1x1" => ("conv.2", "conv.3"),
+                _ => return None,
+            };
+            format!("features.{}.{}", i + 2, pick(c, n))
+        }
+    };
+    Some(format!("{mapped}.{param}"))
+}
+
 /// Renames one tensor of a checkpoint in `convention` to torchvision's name. `Ok(None)` drops it
 /// (`num_batches_tracked`, a training counter); an unknown name is an error.
 pub fn torchvision_name(convention: KeyConvention, name: &str) -> Result<Option<String>, String> {
@@ -988,6 +1036,7 @@ pub fn torchvision_name(convention: KeyConvention, name: &str) -> Result<Option<
         KeyConvention::Torchvision => Some(name.to_string()),
         KeyConvention::TimmMobileNetV2 => timm_mobilenet_v2_key(name),
         KeyConvention::TransformersResNet => transformers_resnet_key(name),
+        KeyConvention::TransformersMobileNetV2 => transformers_mobilenet_v2_key(name),
     };
     match mapped {
         Some(m) => Ok(Some(m)),
@@ -997,12 +1046,15 @@ pub fn torchvision_name(convention: KeyConvention, name: &str) -> Result<Option<
                 KeyConvention::Torchvision => "torchvision",
                 KeyConvention::TimmMobileNetV2 => "timm MobileNetV2",
                 KeyConvention::TransformersResNet => "transformers ResNet",
+                KeyConvention::TransformersMobileNetV2 => "transformers MobileNetV2",
             },
             match convention {
                 KeyConvention::TimmMobileNetV2 =>
                     "conv_stem, bn1, blocks.S.B.{conv_pw,bn1,conv_dw,bn2,conv_pwl,bn3}, conv_head, bn2, classifier",
                 KeyConvention::TransformersResNet =>
                     "resnet.embedder.embedder.*, resnet.encoder.stages.S.layers.I.{layer.J,shortcut}.*, classifier.1",
+                KeyConvention::TransformersMobileNetV2 =>
+                    "mobilenet_v2.conv_stem.{first_conv,conv_3x3,reduce_1x1}.*, mobilenet_v2.layer.I.{expand_1x1,conv_3x3,reduce_1x1}.*, mobilenet_v2.conv_1x1.*, classifier",
                 KeyConvention::Torchvision => "",
             }
         )),
