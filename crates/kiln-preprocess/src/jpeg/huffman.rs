@@ -18,8 +18,9 @@ pub struct HuffTable {
     values: Vec<u8>,
     /// For AC decoding: indexed like `lookup`, `(value << 16) | (run << 4) | bits` when the
     /// code and its magnitude bits together fit in `LOOKUP_BITS` (`bits` is their total, `run`
-    /// the zero run before the coefficient, `value` the extended coefficient); 0 otherwise
-    /// (longer codes, end-of-block and zero-run symbols), which takes the general path.
+    /// the zero run before the coefficient, `value` the extended coefficient, never 0), or
+    /// just `bits` for the end-of-block symbol; 0 otherwise (longer codes, zero-run and other
+    /// end-of-band symbols), which takes the general path.
     fast_ac: Vec<i32>,
 }
 
@@ -67,6 +68,11 @@ impl HuffTable {
             }
             let (len, rs) = ((e >> 8) as u32, e as u8);
             let (run, size) = ((rs >> 4) as i32, (rs & 15) as u32);
+            if rs == 0 {
+                // End of block (EOB0 in a progressive scan): value 0, which no coefficient has.
+                *f = len as i32;
+                continue;
+            }
             if size == 0 || len + size > LOOKUP_BITS {
                 continue;
             }
@@ -224,7 +230,7 @@ impl<'a> BitReader<'a> {
     }
 
     /// One AC coefficient through the table's `fast_ac` entry, if the next bits have one:
-    /// `(run, value)`, with the code and magnitude bits consumed.
+    /// `(run, value)`, with the code and magnitude bits consumed; `(0, 0)` is end of block.
     #[inline(always)]
     pub fn fast_ac(&mut self, t: &HuffTable) -> Option<(usize, i32)> {
         if self.bits < LOOKUP_BITS {

@@ -437,7 +437,9 @@ fn render(parts: &Parts, isa: Isa) -> Result<Vec<u8>, JpegError> {
                 "fractional sampling factor ratios".into(),
             ));
         }
-        ups.push(Upsampler::new(f.max_h / c.h, f.max_v / c.v, c.width).expect("integer ratio"));
+        ups.push(
+            Upsampler::new(f.max_h / c.h, f.max_v / c.v, c.width, isa).expect("integer ratio"),
+        );
     }
     let (w, h) = (f.width, f.height);
     let n = f.comps.len();

@@ -198,6 +198,9 @@ fn decode_baseline(
     let mut k = 1;
     while k < 64 {
         if let Some((run, v)) = r.fast_ac(ac) {
+            if v == 0 {
+                break;
+            }
             k += run;
             blk[ZIGZAG[k.min(63)]] = v as i16;
             k += 1;
@@ -236,6 +239,10 @@ fn ac_first(
     let mut k = ss;
     while k <= se {
         if let Some((run, v)) = r.fast_ac(ac) {
+            if v == 0 {
+                // EOB0: the run of empty bands is this block only (libjpeg's EOBRUN = 0).
+                break;
+            }
             k += run;
             blk[ZIGZAG[k.min(63)]] = (v * (1 << al)) as i16;
             k += 1;
