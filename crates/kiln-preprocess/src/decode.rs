@@ -8,6 +8,7 @@ use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
+mod bmp;
 pub(crate) mod exif;
 mod gif;
 mod png;
@@ -138,27 +139,23 @@ fn decode_unguarded(
         reason,
     };
     if format == ImageFormat::Bmp {
-        // PIL's BIT2MODE: any other depth is "Unsupported BMP pixel depth"; `image` reads
-        // 2-bit BMPs, which no PIL-trained pipeline could have seen.
-        let le16 = |o: usize| {
-            bytes
-                .get(o..o + 2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        };
-        let header = bytes
-            .get(14..18)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let bits = if header == Some(12) {
-            le16(24)
-        } else {
-            le16(28)
-        };
-        if let Some(bits) = bits.filter(|b| !matches!(b, 1 | 4 | 8 | 16 | 24 | 32)) {
-            return Err(InputError::Unsupported {
+        // kiln's own reader, following PIL's `BmpImagePlugin` (see `bmp`).
+        let bmp_err = |e: bmp::BmpError| match e {
+            bmp::BmpError::Unsupported(reason) => InputError::Unsupported {
                 path: source.into(),
-                reason: format!("BMP with {bits} bits per pixel is not supported (nor by PIL)"),
-            });
-        }
+                reason,
+            },
+            bmp::BmpError::Corrupt(reason) => corrupt(reason),
+        };
+        let header = bmp::parse(bytes).map_err(bmp_err)?;
+        check_header_size(header.width, header.height, opts, source)?;
+        let rgb = bmp::decode(bytes, &header).map_err(bmp_err)?;
+        return Ok(Decoded {
+            rgb,
+            format: Some(format),
+            original_color: image::ColorType::Rgb8,
+            reoriented: false,
+        });
     }
     if format == ImageFormat::Png {
         png::check_ihdr(bytes).map_err(|r| InputError::Unsupported {
