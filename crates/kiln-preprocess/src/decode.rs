@@ -13,6 +13,7 @@ pub(crate) mod exif;
 mod gif;
 mod png;
 mod tiff;
+mod tiff_raw;
 
 use crate::InputError;
 
@@ -156,6 +157,29 @@ fn decode_unguarded(
             original_color: image::ColorType::Rgb8,
             reoriented: false,
         });
+    }
+    if format == ImageFormat::Tiff {
+        // Layouts the `tiff` crate refuses and PIL reads (palette, 2/4-bit, signed, 12-bit,
+        // float grey), read as PIL reads them (see `tiff_raw`).
+        if let Some(r) = tiff_raw::decode(bytes, |w, h| check_header_size(w, h, opts, source)) {
+            let (rgb, orientation) = r.map_err(|e| match e {
+                tiff_raw::RawError::Input(e) => e,
+                tiff_raw::RawError::Corrupt(reason) => corrupt(reason),
+            })?;
+            let orientation = if opts.apply_exif_orientation {
+                exif::to_orientation(orientation)
+            } else {
+                image::metadata::Orientation::NoTransforms
+            };
+            let mut img = DynamicImage::ImageRgb8(rgb);
+            img.apply_orientation(orientation);
+            return Ok(Decoded {
+                rgb: img.into_rgb8(),
+                format: Some(format),
+                original_color: image::ColorType::Rgb8,
+                reoriented: orientation != image::metadata::Orientation::NoTransforms,
+            });
+        }
     }
     if format == ImageFormat::Png {
         png::check_ihdr(bytes).map_err(|r| InputError::Unsupported {
