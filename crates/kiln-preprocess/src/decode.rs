@@ -8,10 +8,12 @@ use std::io::Cursor;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
+mod bmp;
 pub(crate) mod exif;
 mod gif;
 mod png;
 mod tiff;
+mod tiff_raw;
 
 use crate::InputError;
 
@@ -138,25 +140,44 @@ fn decode_unguarded(
         reason,
     };
     if format == ImageFormat::Bmp {
-        // PIL's BIT2MODE: any other depth is "Unsupported BMP pixel depth"; `image` reads
-        // 2-bit BMPs, which no PIL-trained pipeline could have seen.
-        let le16 = |o: usize| {
-            bytes
-                .get(o..o + 2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        };
-        let header = bytes
-            .get(14..18)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let bits = if header == Some(12) {
-            le16(24)
-        } else {
-            le16(28)
-        };
-        if let Some(bits) = bits.filter(|b| !matches!(b, 1 | 4 | 8 | 16 | 24 | 32)) {
-            return Err(InputError::Unsupported {
+        // kiln's own reader, following PIL's `BmpImagePlugin` (see `bmp`).
+        let bmp_err = |e: bmp::BmpError| match e {
+            bmp::BmpError::Unsupported(reason) => InputError::Unsupported {
                 path: source.into(),
-                reason: format!("BMP with {bits} bits per pixel is not supported (nor by PIL)"),
+                reason,
+            },
+            bmp::BmpError::Corrupt(reason) => corrupt(reason),
+        };
+        let header = bmp::parse(bytes).map_err(bmp_err)?;
+        check_header_size(header.width, header.height, opts, source)?;
+        let rgb = bmp::decode(bytes, &header).map_err(bmp_err)?;
+        return Ok(Decoded {
+            rgb,
+            format: Some(format),
+            original_color: image::ColorType::Rgb8,
+            reoriented: false,
+        });
+    }
+    if format == ImageFormat::Tiff {
+        // Layouts the `tiff` crate refuses and PIL reads (palette, 2/4-bit, signed, 12-bit,
+        // float grey), read as PIL reads them (see `tiff_raw`).
+        if let Some(r) = tiff_raw::decode(bytes, |w, h| check_header_size(w, h, opts, source)) {
+            let (rgb, orientation) = r.map_err(|e| match e {
+                tiff_raw::RawError::Input(e) => e,
+                tiff_raw::RawError::Corrupt(reason) => corrupt(reason),
+            })?;
+            let orientation = if opts.apply_exif_orientation {
+                exif::to_orientation(orientation)
+            } else {
+                image::metadata::Orientation::NoTransforms
+            };
+            let mut img = DynamicImage::ImageRgb8(rgb);
+            img.apply_orientation(orientation);
+            return Ok(Decoded {
+                rgb: img.into_rgb8(),
+                format: Some(format),
+                original_color: image::ColorType::Rgb8,
+                reoriented: orientation != image::metadata::Orientation::NoTransforms,
             });
         }
     }
