@@ -246,6 +246,7 @@ fn transformers_models_through_local_dirs_and_the_hub_cache() {
         token: None,
         progress: false,
         retries: 0,
+        timeout: std::time::Duration::from_secs(10),
     };
     let mut worst = Worst {
         prob: 0.0,
