@@ -9,9 +9,13 @@ measured interleaved (for each C: every server in turn), on the same cores:
 
 - `kiln-batch`   kiln serve with dynamic batching on (--max-batch 16, --max-queue-delay-us 2000)
 - `kiln-nobatch` kiln serve with dynamic batching off (--max-batch 1)
+  (kiln over REST with the binary extension, and kiln-batch over gRPC too, for a same-transport
+  comparison with KServe)
 - `kserve-ort`   KServe's ModelServer (`kserve` from PyPI) serving torchvision's MobileNetV2 through
                  ONNX Runtime, preprocessing with torchvision's eval transform (PIL decode,
                  MobileNet_V2_Weights.IMAGENET1K_V1.transforms()): what users deploy today.
+                 Over gRPC with raw_input_contents: KServe's REST binary-extension decoder cannot
+                 carry a non-UTF-8 BYTES element (see GrpcClient).
 
 Both serve the same weights (weights/mobilenet_v2.safetensors, torchvision's IMAGENET1K_V1),
 exported here to ONNX. Reported per server and C: images/s, p50 and p99 latency, errors (a non-200
@@ -372,7 +376,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured time per cell")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-queue-delay-us", type=int, default=2000)
-    ap.add_argument("--servers", default="kiln-batch:rest,kiln-nobatch:rest,kserve-ort:grpc",
+    ap.add_argument("--servers",
+                    default="kiln-batch:rest,kiln-nobatch:rest,kiln-batch:grpc,kserve-ort:grpc",
                     help="NAME:TRANSPORT,... (rest: OIP REST + binary extension; grpc: OIP gRPC)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--serve-kserve", nargs=3, metavar=("PORT", "GRPC_PORT", "ONNX"),
