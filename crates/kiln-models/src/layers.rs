@@ -6,12 +6,13 @@
 //!
 //! On CPU in f32, [`ConvBn`] runs kiln's own kernels ([`kiln_kernels::Conv2d`]: 1×1 as GEMM,
 //! im2col + GEMM, native depthwise, bias / residual / activation fused into the output pass),
-//! with the weights packed once at load. Every other device and dtype uses candle's ops.
+//! with the weights packed once at load. Every other device and dtype uses candle's ops, except
+//! depthwise convolutions on a GPU, which run as one op per layer ([`crate::gpu_ops`]).
 
 use std::sync::Arc;
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Result, Shape, Tensor, D,
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor, D,
 };
 use candle_nn::VarBuilder;
 
@@ -112,7 +113,9 @@ pub struct ConvBn {
 impl ConvBn {
     /// Loads `conv.weight` (and `conv.bias` if present) and the batch norm at `bn`, and folds
     /// them: `w' = w * g / sqrt(var + eps)`, `b' = (b - mean) * g / sqrt(var + eps) + beta`.
-    /// The folding is done in f64 so that it adds no rounding beyond the final f32 cast.
+    /// The folding is done in f64 on the CPU, from the file's values (never from values first
+    /// rounded to a half-precision compute dtype), so that it adds no rounding beyond the final
+    /// cast to the builder's dtype, on the builder's device.
     pub fn load(
         conv: VarBuilder,
         bn: VarBuilder,
@@ -121,14 +124,18 @@ impl ConvBn {
         act: Act,
     ) -> Result<Self> {
         let wshape = (geom.cout, geom.cin / geom.groups, geom.kernel, geom.kernel);
-        let dtype = conv.dtype();
-        let w = conv.get(wshape, "weight")?.to_dtype(DType::F64)?;
+        let (dtype, device) = (conv.dtype(), conv.device().clone());
+        let (conv, bn) = (conv.set_device(Device::Cpu), bn.set_device(Device::Cpu));
+        let f64_of = |vb: &VarBuilder, shape: Shape, n: &str| {
+            vb.get_with_hints_dtype(shape, n, Default::default(), DType::F64)
+        };
+        let w = f64_of(&conv, wshape.into(), "weight")?;
         let b = if conv.contains_tensor("bias") {
-            Some(conv.get(geom.cout, "bias")?.to_dtype(DType::F64)?)
+            Some(f64_of(&conv, geom.cout.into(), "bias")?)
         } else {
             None
         };
-        let get = |n: &str| bn.get(geom.cout, n).and_then(|t| t.to_dtype(DType::F64));
+        let get = |n: &str| f64_of(&bn, geom.cout.into(), n);
         let (gamma, beta, mean, var) = (
             get("weight")?,
             get("bias")?,
@@ -142,7 +149,8 @@ impl ConvBn {
             None => mean.neg()?,
         };
         let bias = ((shifted * &scale)? + beta)?;
-        Self::new(weight.to_dtype(dtype)?, bias.to_dtype(dtype)?, geom, act)
+        let cast = |t: Tensor| t.to_dtype(dtype)?.to_device(&device);
+        Self::new(cast(weight)?, cast(bias)?, geom, act)
     }
 
     /// A plain convolution (no batch norm) with optional bias.
@@ -219,6 +227,15 @@ impl ConvBn {
                     Some(r) => x.apply_op2_no_bwd(&r.to_dtype(DType::F32)?.contiguous()?, &op),
                 };
             }
+        }
+        // GPUs: depthwise layers as one op, never candle's per-channel split (see gpu_ops).
+        if residual.is_none() && crate::gpu_ops::is_depthwise(&self.geom) && !x.device().is_cpu() {
+            let f = if x.device().is_cuda() {
+                crate::gpu_ops::depthwise_fused
+            } else {
+                crate::gpu_ops::depthwise_shifted
+            };
+            return f(x, &self.weight, &self.bias, self.geom, self.act);
         }
         self.forward_candle(x, residual)
     }

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod efficientnet_lite;
+pub mod gpu_ops;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod registry;
