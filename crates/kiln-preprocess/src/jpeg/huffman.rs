@@ -3,7 +3,7 @@
 
 use super::JpegError;
 
-const LOOKUP_BITS: u32 = 9;
+const LOOKUP_BITS: u32 = 10;
 
 /// A decoding table built from a DHT segment.
 #[derive(Clone)]

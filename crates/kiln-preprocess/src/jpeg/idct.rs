@@ -74,6 +74,15 @@ fn kernel(s: [i32; 8], dc_shift: i32) -> [i32; 8] {
 /// Dequantises `coefs` (natural order) with `quant` and writes the 8×8 samples at `out`, rows
 /// `stride` apart.
 pub fn idct_islow(coefs: &[i16; 64], quant: &[u16; 64], out: &mut [u8], stride: usize) {
+    if coefs[1..].iter().all(|&c| c == 0) {
+        // Only DC: what the column and row shortcuts below give, one value for the block.
+        let w0 = (coefs[0] as i32 * quant[0] as i32) << PASS1_BITS;
+        let v = clamp_sample((w0 + (1 << (PASS1_BITS + 2))) >> (PASS1_BITS + 3));
+        for r in 0..8 {
+            out[r * stride..r * stride + 8].fill(v);
+        }
+        return;
+    }
     let mut ws = [0i32; 64];
     for c in 0..8 {
         let col = |r: usize| coefs[r * 8 + c] as i32 * quant[r * 8 + c] as i32;

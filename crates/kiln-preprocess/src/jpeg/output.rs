@@ -352,8 +352,9 @@ pub fn ycc_row(t: &YccTables, isa: Isa, y: &[u8], cb: &[u8], cr: &[u8], out: &mu
         Isa::Avx2 => unsafe { ycc_row_avx2(y, cb, cr, out) },
         _ => 0,
     };
-    for x in done..n {
-        out[3 * x..3 * x + 3].copy_from_slice(&t.rgb(y[x], cb[x], cr[x]));
+    let px = out[3 * done..3 * n].chunks_exact_mut(3);
+    for (((o, &y), &cb), &cr) in px.zip(&y[done..n]).zip(&cb[done..n]).zip(&cr[done..n]) {
+        o.copy_from_slice(&t.rgb(y, cb, cr));
     }
 }
 
