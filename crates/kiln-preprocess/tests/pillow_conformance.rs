@@ -70,8 +70,6 @@ const KNOWN_GAPS: &[(&str, Gap, &str)] = &[
     ("lab-green.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
     ("lab-red.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
     ("lab.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
-    ("separate_planar_extra_samples.tiff", Gap::Refuses, "planar grey TIFF with an extra sample: not read yet"),
-    ("tiff_wrong_bits_per_sample_2.tiff", Gap::Refuses, "TIFF whose BitsPerSample count disagrees with SamplesPerPixel: not read yet"),
     ("hopper_bad_exif.jpg", Gap::Refuses, "JPEG with a corrupt Huffman code: libjpeg warns and fills in, kiln's decoder refuses (README: JPEG decoding)"),
     ("hopper_unknown_pixel_mode.tif", Gap::Reads, "PIL refuses this TIFF's sample layout; kiln reads it"),
 ];

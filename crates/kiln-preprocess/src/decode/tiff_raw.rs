@@ -102,6 +102,8 @@ enum Kind {
     Twelve,
     /// 32-bit IEEE floats (mode `F`), clipped and truncated.
     Float,
+    /// 8-bit RGB (only where the `tiff` crate refuses the tags).
+    Rgb8,
     /// 16-bit CMYK: PIL's `CMYK;16L`/`CMYK;16B` keep each sample's high byte, then `cmyk2rgb`.
     Cmyk16,
 }
@@ -116,6 +118,7 @@ impl Kind {
             Kind::Twelve => 12,
             Kind::Float => 32,
             Kind::Cmyk16 => 64,
+            Kind::Rgb8 => 24,
         }
     }
 }
@@ -168,6 +171,8 @@ pub(crate) fn decode(
         (Some(1), 1, [12], 1) => Kind::Twelve,
         (Some(1) | None, 1, [32], 3) => Kind::Float,
         (Some(5), 4, [16, 16, 16, 16], 1) => Kind::Cmyk16,
+        // More BitsPerSample values than samples: PIL reads the first three, `RGB`.
+        (Some(2), 3, [8, 8, 8, _, ..], 1) => Kind::Rgb8,
         _ => return None,
     };
     if fill_order == 2 && !matches!(kind, Kind::Grey { .. }) {
@@ -368,6 +373,7 @@ fn unpack_row(
                 // `as` saturates and maps NaN to 0.
                 [v.clamp(0.0, 255.0) as u8; 3]
             }
+            Kind::Rgb8 => [row[3 * x], row[3 * x + 1], row[3 * x + 2]],
             Kind::Cmyk16 => {
                 let hi = |c: usize| row[8 * x + 2 * c + usize::from(le)];
                 cmyk_to_rgb([hi(0), hi(1), hi(2), hi(3)])
