@@ -63,7 +63,6 @@ enum Gap {
 /// listed so that CI catches any *new* failure; an entry that starts passing fails the test
 /// until it is removed, so this list can only shrink. README's "Image formats" lists them.
 const KNOWN_GAPS: &[(&str, Gap, &str)] = &[
-    ("broken_data_stream.png", Gap::Refuses, "PNG whose image data ends in a broken deflate stream (PIL keeps the decoded rows): not read yet"),
     ("crash-0da013a13571cc8eb457a39fee8db18f8a3c7127.tif", Gap::Refuses, "fuzzed 1-bit TIFF: not read yet"),
     ("crash-74d2a78403a5a59db1fb0a2b8735ac068a75f6e3.tif", Gap::Refuses, "fuzzed 1-bit TIFF: not read yet"),
     ("hopper.Lab.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
@@ -71,6 +70,8 @@ const KNOWN_GAPS: &[(&str, Gap, &str)] = &[
     ("lab-red.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
     ("lab.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
     ("hopper_bad_exif.jpg", Gap::Refuses, "JPEG with a corrupt Huffman code: libjpeg warns and fills in, kiln's decoder refuses (README: JPEG decoding)"),
+    ("apng__chunk_no_fctl.png", Gap::Reads, "PIL's pipeline refuses it (APNG frame sequence errors) on the first load; kiln reads the default image, the pixels PIL gives when that failure is caught and the image loaded again"),
+    ("truncated_end_chunk.png", Gap::Reads, "PIL's pipeline refuses it (Truncated File Read in the chunk after the image data); kiln ignores the damaged tail, the pixels PIL gives on a second load"),
     ("hopper_unknown_pixel_mode.tif", Gap::Reads, "PIL refuses this TIFF's sample layout; kiln reads it"),
 ];
 
