@@ -165,6 +165,10 @@ fn decode_unguarded(
             let (rgb, orientation) = r.map_err(|e| match e {
                 tiff_raw::RawError::Input(e) => e,
                 tiff_raw::RawError::Corrupt(reason) => corrupt(reason),
+                tiff_raw::RawError::Unsupported(reason) => InputError::Unsupported {
+                    path: source.into(),
+                    reason,
+                },
             })?;
             let orientation = if opts.apply_exif_orientation {
                 exif::to_orientation(orientation)

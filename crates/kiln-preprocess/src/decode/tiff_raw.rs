@@ -140,6 +140,12 @@ pub(crate) fn decode(
     let fill_order = ifd.one(266).unwrap_or(1);
     let predictor = ifd.one(317).unwrap_or(1);
     let sample_format = ifd.get(339).and_then(|v| v.first().copied()).unwrap_or(1);
+    if photometric == Some(2) && bps.contains(&32) {
+        // No row of PIL's `OPEN_INFO` has 32-bit RGB samples: PIL cannot identify the file.
+        return Some(Err(RawError::Unsupported(
+            "TIFF RGB with 32-bit samples is not supported (PIL has no mode for it)".into(),
+        )));
+    }
     if compression == 7 && planar == 1 {
         return match (photometric, spp) {
             (Some(p @ (2 | 5 | 6)), 3 | 4)
@@ -197,6 +203,8 @@ pub(crate) enum RawError {
     Input(crate::InputError),
     /// Damaged data.
     Corrupt(String),
+    /// A layout PIL cannot read either.
+    Unsupported(String),
 }
 
 #[allow(clippy::too_many_arguments)]
