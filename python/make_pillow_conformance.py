@@ -49,7 +49,11 @@ def record(path):
             info["mode"] = im.mode
             info["n_frames"] = str(getattr(im, "n_frames", 1))
             try:
-                o = im.getexif().get(0x0112)
+                # On a separate `Image.open`: `getexif()` may load the image, and a load that
+                # fails there would be swallowed and leave `im` half-loaded, so that the pipeline
+                # below "reads" a file the pipeline alone refuses (PIL does not retry a load).
+                with Image.open(path) as probe:
+                    o = probe.getexif().get(0x0112)
                 if o is not None:
                     info["orientation"] = str(o)
             except Exception:

@@ -165,6 +165,10 @@ fn decode_unguarded(
             let (rgb, orientation) = r.map_err(|e| match e {
                 tiff_raw::RawError::Input(e) => e,
                 tiff_raw::RawError::Corrupt(reason) => corrupt(reason),
+                tiff_raw::RawError::Unsupported(reason) => InputError::Unsupported {
+                    path: source.into(),
+                    reason,
+                },
             })?;
             let orientation = if opts.apply_exif_orientation {
                 exif::to_orientation(orientation)
@@ -189,9 +193,17 @@ fn decode_unguarded(
     }
 
     // The header alone gives the size: refuse bombs before the decoder allocates anything.
-    let (w, h) = reader()
-        .into_dimensions()
-        .map_err(|e| map_image_error(e, source, format))?;
+    // (Planar TIFFs from the `tiff` crate's own header reading: `image` refuses some layouts,
+    // grey + extra sample, that `tiff::decode_planar` reads.)
+    let planar_dims = (format == ImageFormat::Tiff)
+        .then(|| tiff::planar_dimensions(bytes))
+        .flatten();
+    let (w, h) = match planar_dims {
+        Some(d) => d,
+        None => reader()
+            .into_dimensions()
+            .map_err(|e| map_image_error(e, source, format))?,
+    };
     check_header_size(w, h, opts, source)?;
     // Room for the largest accepted image at 16 bits per channel with alpha, and no more.
     let max_alloc = opts.max_pixels.saturating_mul(8).max(64 << 20);

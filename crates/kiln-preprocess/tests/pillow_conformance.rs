@@ -29,16 +29,27 @@ const WEBP_LOSSY_EXACT: bool = true;
 /// Files PIL reads that kiln refuses, each with the reason (at most 10; never PNG, GIF, BMP or
 /// WebP). README's "Image formats" section lists the same files.
 const REFUSED_ALLOWED: &[(&str, &str)] = &[
-    ("tiff_strip_ycbcr_jpeg_1x1_sampling.tif", "TIFF with JPEG compression (YCbCr): the tiff crate does not decode it; waits on kiln's own JPEG decoder (issue 14)"),
-    ("tiff_strip_ycbcr_jpeg_2x2_sampling.tif", "TIFF with JPEG compression (YCbCr, 2x2 subsampling): as above"),
-    ("tiff_tiled_ycbcr_jpeg_1x1_sampling.tif", "tiled TIFF with JPEG compression (YCbCr): as above"),
-    ("tiff_tiled_ycbcr_jpeg_2x2_sampling.tif", "tiled TIFF with JPEG compression (YCbCr, 2x2): as above"),
-    ("old-style-jpeg-compression.tif", "TIFF with old-style JPEG compression (6), deprecated since TIFF 6.0"),
-    ("old-style-jpeg-compression-no-samplesperpixel.tif", "TIFF with old-style JPEG compression (6), without SamplesPerPixel"),
+    (
+        "old-style-jpeg-compression.tif",
+        "TIFF with old-style JPEG compression (6), deprecated since TIFF 6.0",
+    ),
+    (
+        "old-style-jpeg-compression-no-samplesperpixel.tif",
+        "TIFF with old-style JPEG compression (6), without SamplesPerPixel",
+    ),
     ("hopper_lzma.tif", "TIFF with LZMA compression (34925)"),
-    ("compression.tif", "TIFF with CCITT modified Huffman compression (2), bilevel fax"),
-    ("total-pages-zero.tif", "TIFF with CCITT Group 3 fax compression (3)"),
-    ("g4-fillorder-test.tif", "TIFF with CCITT Group 4 fax compression (4) and FillOrder 2"),
+    (
+        "compression.tif",
+        "TIFF with CCITT modified Huffman compression (2), bilevel fax",
+    ),
+    (
+        "total-pages-zero.tif",
+        "TIFF with CCITT Group 3 fax compression (3)",
+    ),
+    (
+        "g4-fillorder-test.tif",
+        "TIFF with CCITT Group 4 fax compression (4) and FillOrder 2",
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,23 +63,14 @@ enum Gap {
 /// listed so that CI catches any *new* failure; an entry that starts passing fails the test
 /// until it is removed, so this list can only shrink. README's "Image formats" lists them.
 const KNOWN_GAPS: &[(&str, Gap, &str)] = &[
-    ("broken_data_stream.png", Gap::Refuses, "PNG whose image data ends in a broken deflate stream (PIL keeps the decoded rows): not read yet"),
-    ("child_ifd.tiff", Gap::Refuses, "TIFF with SubIFDs: not read yet"),
     ("crash-0da013a13571cc8eb457a39fee8db18f8a3c7127.tif", Gap::Refuses, "fuzzed 1-bit TIFF: not read yet"),
     ("crash-74d2a78403a5a59db1fb0a2b8735ac068a75f6e3.tif", Gap::Refuses, "fuzzed 1-bit TIFF: not read yet"),
     ("hopper.Lab.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
     ("lab-green.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
     ("lab-red.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
     ("lab.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
-    ("separate_planar_extra_samples.tiff", Gap::Refuses, "planar grey TIFF with an extra sample: not read yet"),
-    ("tiff_wrong_bits_per_sample_2.tiff", Gap::Refuses, "TIFF whose BitsPerSample count disagrees with SamplesPerPixel: not read yet"),
     ("hopper_bad_exif.jpg", Gap::Refuses, "JPEG with a corrupt Huffman code: libjpeg warns and fills in, kiln's decoder refuses (README: JPEG decoding)"),
-    ("tiff_strip_cmyk_16l_jpeg.tif", Gap::Differs, "16-bit little-endian CMYK TIFF: conversion differs"),
-    ("hopper_jpg.tif", Gap::Differs, "JPEG-in-TIFF: decoded by the tiff crate's JPEG path, not kiln's libjpeg-turbo-exact decoder"),
-    ("pil168.tif", Gap::Differs, "JPEG-in-TIFF: as above"),
-    ("tiff_strip_cmyk_jpeg.tif", Gap::Differs, "JPEG-in-TIFF (CMYK): as above"),
-    ("tiff_tiled_cmyk_jpeg.tif", Gap::Differs, "JPEG-in-TIFF (CMYK, tiled): as above"),
-    ("hopper_unknown_pixel_mode.tif", Gap::Reads, "PIL refuses this TIFF's sample layout; kiln reads it"),
+    ("apng__chunk_no_fctl.png", Gap::Reads, "PIL's pipeline refuses it (APNG frame sequence errors) on the first load; kiln reads the default image, the pixels PIL gives when that failure is caught and the image loaded again"),
 ];
 
 /// Files PIL refuses that kiln reads, each with why reading it is right.
@@ -147,6 +149,7 @@ fn pillow_images_read_as_pil_reads_them() {
     let allowed_read = |n: &str| READ_ALLOWED.iter().any(|(f, _)| *f == n);
     let gap = |n: &str, g: Gap| KNOWN_GAPS.iter().any(|(f, k, _)| *f == n && *k == g);
     let mut gaps_seen = vec![];
+    let mut refusals_seen: Vec<String> = vec![];
     let (mut equal, mut differs, mut refuses, mut reads, mut crash, mut both_refuse) =
         (0, 0, 0, 0, 0, 0);
     let mut failures = vec![];
@@ -201,7 +204,9 @@ fn pillow_images_read_as_pil_reads_them() {
                 println!("{msg}");
                 if gap(name, Gap::Refuses) {
                     gaps_seen.push(name.clone());
-                } else if !allowed_refusal(name) {
+                } else if allowed_refusal(name) {
+                    refusals_seen.push(name.clone());
+                } else {
                     failures.push(msg);
                 }
             }
@@ -234,6 +239,13 @@ fn pillow_images_read_as_pil_reads_them() {
         if !gaps_seen.iter().any(|g| g == f) {
             failures.push(format!(
                 "FIXED {f}: now read as PIL reads it; remove it from KNOWN_GAPS"
+            ));
+        }
+    }
+    for (f, _) in REFUSED_ALLOWED {
+        if !refusals_seen.iter().any(|g| g == f) {
+            failures.push(format!(
+                "NOW READ {f}: no longer refused; remove it from REFUSED_ALLOWED"
             ));
         }
     }

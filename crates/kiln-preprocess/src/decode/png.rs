@@ -84,6 +84,18 @@ pub(crate) fn prepare(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String
                 if !seen_idat {
                     return Ok(bytes.into());
                 }
+                // PIL's `load_end` reads each chunk after the image data: one with a valid name
+                // (`\w{4}`) whose data runs past the end of the file is "Truncated File Read"
+                // (its CRC is not needed); an invalid name, or the next frame's `fcTL` of an
+                // APNG, ends the reading without error.
+                let named = kind.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+                let next_frame = kind == b"fcTL" && bytes[..i].windows(4).any(|w| w == b"acTL");
+                if named && !next_frame && i + 8 + n > bytes.len() {
+                    return Err(format!(
+                        "truncated {} chunk after the image data (PIL: Truncated File Read)",
+                        String::from_utf8_lossy(kind)
+                    ));
+                }
                 let mut cut = bytes[..i].to_vec();
                 cut.extend_from_slice(&[
                     0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82,

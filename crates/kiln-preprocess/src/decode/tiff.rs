@@ -13,6 +13,14 @@ use std::io::Cursor;
 use tiff::decoder::{Decoder, DecodingResult, Limits};
 use tiff::tags::Tag;
 
+/// The size of a planar TIFF (first image), from the `tiff` crate's header reading.
+pub(crate) fn planar_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    if !is_planar(bytes) {
+        return None;
+    }
+    Decoder::new(Cursor::new(bytes)).ok()?.dimensions().ok()
+}
+
 /// Whether the file is a planar TIFF (first image), read by [`decode_planar`].
 pub(crate) fn is_planar(bytes: &[u8]) -> bool {
     Decoder::new(Cursor::new(bytes)).ok().and_then(|mut d| {
@@ -36,12 +44,15 @@ pub(crate) fn decode_planar(bytes: &[u8], max_alloc: u64) -> Result<DynamicImage
         .find_tag_unsigned::<u32>(Tag::SamplesPerPixel)
         .map_err(e)?
         .unwrap_or(1) as usize;
-    if !matches!(spp, 1 | 3 | 4) {
+    if !matches!(spp, 1..=4) {
         return Err(format!(
             "planar TIFF with {spp} samples per pixel is not supported"
         ));
     }
     let associated = associated_alpha(bytes);
+    // Grey + an extra sample is PIL's mode `L`: only the first plane is read (libtiff does not
+    // decode the other, which may even be damaged).
+    let spp = if spp == 2 { 1 } else { spp };
     let (cw, ch) = d.chunk_dimensions();
     let across = w.div_ceil(cw) as usize;
     let down = h.div_ceil(ch) as usize;
@@ -76,6 +87,8 @@ pub(crate) fn decode_planar(bytes: &[u8], max_alloc: u64) -> Result<DynamicImage
         match &chunk {
             DecodingResult::U8(v) => put(&|k| v.get(k).copied().unwrap_or(0) as u16, false),
             DecodingResult::U16(v) => put(&|k| v.get(k).copied().unwrap_or(0), true),
+            // Signed 8-bit samples: PIL reads their bytes as unsigned `L` (as for chunky ones).
+            DecodingResult::I8(v) => put(&|k| v.get(k).copied().unwrap_or(0) as u8 as u16, false),
             _ => {
                 return Err(
                     "planar TIFF with samples other than 8 or 16 bits is not supported".into(),

@@ -102,6 +102,10 @@ enum Kind {
     Twelve,
     /// 32-bit IEEE floats (mode `F`), clipped and truncated.
     Float,
+    /// 8-bit RGB (only where the `tiff` crate refuses the tags).
+    Rgb8,
+    /// 16-bit CMYK: PIL's `CMYK;16L`/`CMYK;16B` keep each sample's high byte, then `cmyk2rgb`.
+    Cmyk16,
 }
 
 impl Kind {
@@ -113,6 +117,8 @@ impl Kind {
             Kind::Signed(b) => b as u64,
             Kind::Twelve => 12,
             Kind::Float => 32,
+            Kind::Cmyk16 => 64,
+            Kind::Rgb8 => 24,
         }
     }
 }
@@ -134,6 +140,22 @@ pub(crate) fn decode(
     let fill_order = ifd.one(266).unwrap_or(1);
     let predictor = ifd.one(317).unwrap_or(1);
     let sample_format = ifd.get(339).and_then(|v| v.first().copied()).unwrap_or(1);
+    if photometric == Some(2) && bps.contains(&32) {
+        // No row of PIL's `OPEN_INFO` has 32-bit RGB samples: PIL cannot identify the file.
+        return Some(Err(RawError::Unsupported(
+            "TIFF RGB with 32-bit samples is not supported (PIL has no mode for it)".into(),
+        )));
+    }
+    if compression == 7 && planar == 1 {
+        return match (photometric, spp) {
+            (Some(p @ (2 | 5 | 6)), 3 | 4)
+                if (spp == 4) == (p == 5) && bps.iter().all(|&b| b == 8) =>
+            {
+                Some(read_jpeg(bytes, &ifd, w, h, p, check_size))
+            }
+            _ => None,
+        };
+    }
     if ifd.get(322).is_some() || planar != 1 || !matches!(compression, 1 | 5) || predictor != 1 {
         return None;
     }
@@ -154,6 +176,9 @@ pub(crate) fn decode(
         (Some(1), 1, [b @ (16 | 32)], 2) => Kind::Signed(*b as u32),
         (Some(1), 1, [12], 1) => Kind::Twelve,
         (Some(1) | None, 1, [32], 3) => Kind::Float,
+        (Some(5), 4, [16, 16, 16, 16], 1) => Kind::Cmyk16,
+        // More BitsPerSample values than samples: PIL reads the first three, `RGB`.
+        (Some(2), 3, [8, 8, 8, _, ..], 1) => Kind::Rgb8,
         _ => return None,
     };
     if fill_order == 2 && !matches!(kind, Kind::Grey { .. }) {
@@ -178,6 +203,8 @@ pub(crate) enum RawError {
     Input(crate::InputError),
     /// Damaged data.
     Corrupt(String),
+    /// A layout PIL cannot read either.
+    Unsupported(String),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -354,7 +381,149 @@ fn unpack_row(
                 // `as` saturates and maps NaN to 0.
                 [v.clamp(0.0, 255.0) as u8; 3]
             }
+            Kind::Rgb8 => [row[3 * x], row[3 * x + 1], row[3 * x + 2]],
+            Kind::Cmyk16 => {
+                let hi = |c: usize| row[8 * x + 2 * c + usize::from(le)];
+                cmyk_to_rgb([hi(0), hi(1), hi(2), hi(3)])
+            }
         };
         o.copy_from_slice(&px);
     }
+}
+
+/// PIL's `cmyk2rgb` (Convert.c): `nk - nk * c / 255` with its rounded `MULDIV255`.
+fn cmyk_to_rgb(p: [u8; 4]) -> [u8; 3] {
+    let nk = 255 - p[3] as u32;
+    let f = |c: u8| {
+        let t = c as u32 * nk + 128;
+        (nk - (((t >> 8) + t) >> 8)) as u8
+    };
+    [f(p[0]), f(p[1]), f(p[2])]
+}
+
+/// JPEG-compressed TIFF (compression 7) through kiln's own JPEG decoder, as PIL reads it through
+/// libtiff with `JPEGCOLORMODE_RGB`: each strip or tile is a JPEG stream, abbreviated when the
+/// `JPEGTables` tag holds its tables. The stream given to the decoder is the tables followed by
+/// the chunk's own segments. For three components an Adobe APP14 segment states the colour
+/// space libtiff sets from the photometric interpretation (transform 0 for RGB: stored as is;
+/// 1 for YCbCr: libjpeg's own YCbCr to RGB), since TIFF's JPEG streams carry no JFIF/Adobe
+/// marker to guess from. CMYK (photometric 5) gets no marker: read as stored, then PIL's
+/// `cmyk2rgb`.
+fn read_jpeg(
+    bytes: &[u8],
+    ifd: &Ifd,
+    w: u64,
+    h: u64,
+    photometric: u64,
+    check_size: impl FnOnce(u32, u32) -> Result<(), crate::InputError>,
+) -> Result<(RgbImage, Option<u16>), RawError> {
+    let corrupt = |s: String| RawError::Corrupt(format!("JPEG-compressed TIFF: {s}"));
+    let (w32, h32) = (
+        u32::try_from(w).map_err(|_| corrupt("width out of range".into()))?,
+        u32::try_from(h).map_err(|_| corrupt("height out of range".into()))?,
+    );
+    check_size(w32, h32).map_err(RawError::Input)?;
+    let (w, h) = (w as usize, h as usize);
+    let tiled = ifd.get(322).is_some();
+    let (cw, ch, offsets, counts) = if tiled {
+        (
+            ifd.one(322).unwrap_or(0) as usize,
+            ifd.one(323).unwrap_or(0) as usize,
+            ifd.get(324),
+            ifd.get(325),
+        )
+    } else {
+        (
+            w,
+            ifd.one(278).unwrap_or(h as u64).min(h as u64) as usize,
+            ifd.get(273),
+            ifd.get(279),
+        )
+    };
+    let (Some(offsets), Some(counts)) = (offsets, counts) else {
+        return Err(corrupt("no strip or tile offsets and byte counts".into()));
+    };
+    if cw == 0 || ch == 0 {
+        return Err(corrupt("zero strip or tile size".into()));
+    }
+    let tables = jpeg_tables(bytes).unwrap_or(&[]);
+    let across = w.div_ceil(cw);
+    let chunks = across * h.div_ceil(ch);
+    let mut rgb = vec![0u8; w * h * 3];
+    for i in 0..chunks {
+        let (off, len) = (
+            offsets.get(i).copied().unwrap_or(0) as usize,
+            counts.get(i).copied().unwrap_or(0) as usize,
+        );
+        let chunk = bytes
+            .get(off..off.saturating_add(len))
+            .filter(|c| c.starts_with(&[0xFF, 0xD8]))
+            .ok_or_else(|| corrupt(format!("chunk {i} is not a JPEG stream inside the file")))?;
+        let mut stream = vec![0xFF, 0xD8];
+        if photometric != 5 {
+            // Adobe APP14: length 14, "Adobe", version 100, no flags, the transform.
+            stream.extend_from_slice(&[0xFF, 0xEE, 0, 14]);
+            stream.extend_from_slice(b"Adobe\0\x64\0\0\0\0");
+            stream.push(u8::from(photometric == 6));
+        }
+        if tables.len() >= 4 && tables.starts_with(&[0xFF, 0xD8]) {
+            stream.extend_from_slice(&tables[2..tables.len() - 2]);
+        }
+        stream.extend_from_slice(&chunk[2..]);
+        let img = crate::jpeg::decode(&stream).map_err(|e| corrupt(format!("chunk {i}: {e}")))?;
+        let (iw, ih) = (img.info.width as usize, img.info.height as usize);
+        let px = if img.info.mode == crate::jpeg::JpegMode::Cmyk {
+            // kiln's decoder inverts CMYK as PIL's JPEG plugin reads it (`CMYK;I`); libtiff
+            // hands libjpeg's CMYK over as decoded, so undo the inversion before `cmyk2rgb`.
+            img.data
+                .chunks_exact(4)
+                .flat_map(|p| cmyk_to_rgb([255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3]]))
+                .collect()
+        } else {
+            img.into_rgb()
+        };
+        let (x0, y0) = ((i % across) * cw, (i / across) * ch);
+        let n = iw.min(cw).min(w.saturating_sub(x0));
+        for y in 0..ih.min(ch).min(h.saturating_sub(y0)) {
+            let o = ((y0 + y) * w + x0) * 3;
+            rgb[o..o + n * 3].copy_from_slice(&px[y * iw * 3..(y * iw + n) * 3]);
+        }
+    }
+    let orientation = ifd.one(274).map(|v| v as u16);
+    Ok((
+        RgbImage::from_raw(w32, h32, rgb).expect("sized"),
+        orientation,
+    ))
+}
+
+/// The `JPEGTables` tag (347, UNDEFINED) of the first IFD as bytes; [`first_ifd`] keeps only
+/// integer types.
+fn jpeg_tables(b: &[u8]) -> Option<&[u8]> {
+    let le = b.starts_with(b"II");
+    let rd16 = |o: usize| -> Option<usize> {
+        let s = [*b.get(o)?, *b.get(o + 1)?];
+        Some(if le {
+            u16::from_le_bytes(s)
+        } else {
+            u16::from_be_bytes(s)
+        } as usize)
+    };
+    let rd32 = |o: usize| -> Option<usize> {
+        let s: [u8; 4] = b.get(o..o + 4)?.try_into().ok()?;
+        Some(if le {
+            u32::from_le_bytes(s)
+        } else {
+            u32::from_be_bytes(s)
+        } as usize)
+    };
+    let ifd = rd32(4)?;
+    for i in 0..rd16(ifd)? {
+        let e = ifd + 2 + 12 * i;
+        if rd16(e)? == 347 {
+            let count = rd32(e + 4)?;
+            let at = if count <= 4 { e + 8 } else { rd32(e + 8)? };
+            return b.get(at..at.checked_add(count)?);
+        }
+    }
+    None
 }
