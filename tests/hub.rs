@@ -991,6 +991,7 @@ fn network_faults_fail_within_the_timeout_and_leave_the_cache_clean() {
         let e = hub::resolve(&format!("hf:{repo}"), &opts).unwrap_err();
         let took = t0.elapsed();
         let msg = e.to_string();
+        println!("{fault:?} after {:.2} s: {msg}", took.as_secs_f64());
         assert!(
             msg.contains(&format!("hf:{repo}"))
                 && msg.contains("model.safetensors")

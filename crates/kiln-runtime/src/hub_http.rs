@@ -68,6 +68,9 @@ fn config(timeout: Duration, redirects: u32) -> Agent {
                 .build(),
         )
         .max_redirects(redirects)
+        // The token follows a redirect on the hub itself (a renamed repo), never to the CDN,
+        // whose URLs are signed (as hf-hub does).
+        .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
         .timeout_resolve(Some(timeout))
         .timeout_connect(Some(timeout))
         // A stall: no byte for `timeout` (restarted at every read). Not a total: a large file
