@@ -49,6 +49,9 @@ enum Command {
     Inspect(InspectArgs),
     /// Convert a hub config (timm config.json, Hugging Face preprocessor_config.json) to a kiln spec.
     Spec(SpecArgs),
+    /// List the devices this build can run on: the CPU (model, cores, kernel instruction set,
+    /// caches), CUDA and Metal devices when compiled in and present.
+    Devices(crate::devices::DevicesArgs),
     /// Time forward passes on synthetic input: latency percentiles and images/s.
     Bench(crate::bench::BenchArgs),
     /// Show where the network looked: class activation heatmaps over each photo, as PNG.
@@ -112,6 +115,10 @@ pub(crate) struct ModelArgs {
     /// cpu, cuda[:N], metal[:N] or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Compute dtype of weights and activations: f32, or f16 / bf16 on a GPU (the CPU computes
+    /// in f32 only and refuses the others).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    dtype: String,
 }
 
 #[derive(Args)]
@@ -293,6 +300,9 @@ pub fn run() -> ExitCode {
         Command::Explain(a) => crate::explain::run(*a),
         Command::Decode(a) => decode_cmd(a).map(|_| EXIT_OK),
         Command::Preprocess(a) => preprocess_cmd(*a).map(|_| EXIT_OK),
+        Command::Devices(a) => crate::devices::run(a)
+            .map(|_| EXIT_OK)
+            .map_err(Failure::Usage),
         Command::Bench(a) => crate::bench::run(a)
             .map(|_| EXIT_OK)
             .map_err(Failure::Usage),
@@ -338,7 +348,12 @@ pub(crate) fn build_classifier(
     decode: DecodeOptions,
 ) -> Result<Classifier, Failure> {
     let device = parse_device(&m.device)?;
-    let mut b = Classifier::builder().device(device).decode_options(decode);
+    let dtype = kiln_runtime::bench::parse_dtype(&m.dtype)?;
+    kiln_runtime::check_dtype(&device, dtype)?;
+    let mut b = Classifier::builder()
+        .device(device)
+        .dtype(dtype)
+        .decode_options(decode);
     let backend = parse_enum("hf backend", &m.hf_backend, HfBackend::parse)?;
     if let Some(x) = &m.model {
         let dir = kiln_runtime::hub::local_dir_ref(x);

@@ -71,6 +71,13 @@ pub struct BenchResult {
     pub weights: String,
     /// Instruction set kiln's CPU kernels use (CPU f32 only; candle's ops otherwise).
     pub kernels: String,
+    /// Median time to copy one input batch from host memory to the device and synchronise, ms
+    /// (`None` on the CPU, where there is no copy).
+    pub h2d_ms: Option<f64>,
+    /// Device memory in use, MiB: the largest `total − free` the driver reported after each
+    /// timed pass (the CUDA context and candle's allocations included; `None` where the device
+    /// does not report it: the CPU, Metal).
+    pub peak_device_mem_mib: Option<f64>,
     /// Every timed pass, ms, in order.
     pub samples_ms: Vec<f64>,
 }
@@ -118,6 +125,7 @@ pub fn parse_dtype(s: &str) -> Result<DType, RuntimeError> {
 
 /// Runs every configuration of `cfg`.
 pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, RuntimeError> {
+    crate::check_dtype(&cfg.device, cfg.dtype)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cfg.threads.max(1))
         .build()
@@ -131,6 +139,21 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, RuntimeError> {
     let mut out = vec![];
     for &batch in &cfg.batches {
         let x = synthetic_input(batch, cfg.size, cfg.dtype, &cfg.device)?;
+        let h2d_ms = if cfg.device.is_cpu() {
+            None
+        } else {
+            let host = synthetic_input(batch, cfg.size, cfg.dtype, &Device::Cpu)?;
+            let mut t = vec![];
+            for _ in 0..5 {
+                let start = Instant::now();
+                let y = host.to_device(&cfg.device)?;
+                cfg.device.synchronize()?;
+                t.push(start.elapsed().as_secs_f64() * 1e3);
+                drop(y);
+            }
+            Some(percentile(&t, 50.0))
+        };
+        let mut peak: Option<usize> = None;
         let samples = pool.install(|| -> Result<Vec<f64>, RuntimeError> {
             for _ in 0..cfg.warmup {
                 forward_sync(model.as_ref(), &x, &cfg.device)?;
@@ -138,8 +161,14 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, RuntimeError> {
             let mut s = Vec::with_capacity(cfg.iters);
             for _ in 0..cfg.iters.max(1) {
                 let t = Instant::now();
-                forward_sync(model.as_ref(), &x, &cfg.device)?;
+                let y = model.forward_batch(&x)?;
+                // Timed to the end of the work on the device, not the end of the launches.
+                cfg.device.synchronize()?;
                 s.push(t.elapsed().as_secs_f64() * 1e3);
+                if let Some(used) = device_mem_used(&cfg.device) {
+                    peak = Some(peak.map_or(used, |p| p.max(used)));
+                }
+                drop(y);
             }
             Ok(s)
         })?;
@@ -156,6 +185,8 @@ pub fn run(cfg: &BenchConfig) -> Result<Vec<BenchResult>, RuntimeError> {
             images_per_s: batch as f64 / p50 * 1e3,
             weights: origin.to_string(),
             kernels: kernels.clone(),
+            h2d_ms,
+            peak_device_mem_mib: peak.map(|b| b as f64 / (1u64 << 20) as f64),
             samples_ms: samples,
         });
     }
@@ -167,6 +198,17 @@ fn forward_sync(model: &dyn ImageModel, x: &Tensor, dev: &Device) -> Result<(), 
     dev.synchronize()?;
     drop(y);
     Ok(())
+}
+
+/// Bytes of device memory in use (`total − free`), where the device reports it (CUDA).
+fn device_mem_used(dev: &Device) -> Option<usize> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+        return Some(total.saturating_sub(free));
+    }
+    let _ = dev;
+    None
 }
 
 /// Nearest-rank percentile.

@@ -286,7 +286,8 @@ impl ClassifierBuilder {
         self.device = device;
         self
     }
-    /// The compute dtype (f32 by default).
+    /// The compute dtype (f32 by default): weights and activations. f16 and bf16 are for GPUs;
+    /// on the CPU [`ClassifierBuilder::build`] refuses them ([`crate::check_dtype`]).
     pub fn dtype(mut self, dtype: DType) -> Self {
         self.dtype = dtype;
         self
@@ -305,6 +306,7 @@ impl ClassifierBuilder {
 
     /// Resolves everything, checks that spec, weights and labels agree, and loads the model.
     pub fn build(self) -> Result<Classifier, RuntimeError> {
+        crate::check_dtype(&self.device, self.dtype)?;
         let weights_path = match &self.weights {
             Some(w) => w.clone(),
             None => {

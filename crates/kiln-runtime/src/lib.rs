@@ -15,6 +15,7 @@ pub mod bench;
 pub mod cam;
 pub mod classifier;
 pub mod device;
+pub mod devices;
 pub mod hub;
 mod hub_http;
 pub mod labels;
@@ -28,6 +29,7 @@ pub use classifier::{
     Prediction, RunOptions, SpecOverrides, StageTimes, DEFAULT_BATCH_SIZE, DEFAULT_MODEL,
 };
 pub use device::{device_name, parse_device};
+pub use devices::{check_dtype, list_devices, DeviceInfo, DeviceReport};
 pub use hub::{HubError, HubModel, HubOptions, HubRef};
 pub use kiln_preprocess::{DecodeOptions, InputError, SpecError, TrainingSpec, Tta};
 pub use weights::{
