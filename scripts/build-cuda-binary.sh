@@ -2,7 +2,11 @@
 # Builds a linked, stripped `kiln` with the `cuda` feature on a machine with no GPU, no driver
 # and no system CUDA: what a GPU check (scripts/gpu-check.sh) runs on another machine.
 #
-#   scripts/build-cuda-binary.sh [OUT_DIR]      (default target/cuda-dist)
+#   scripts/build-cuda-binary.sh [--with-libs] [OUT_DIR]      (default target/cuda-dist)
+#
+# --with-libs also copies the CUDA 13 libraries the binary loads (cuBLAS, cuBLASLt, cuRAND,
+# cudart: about 700 MB) into OUT_DIR/lib, for a GPU machine whose PyTorch is not CUDA 13
+# (scripts/gpu-check.sh puts the lib/ beside the binary on the loader's path).
 #
 # candle links cudarc dynamically (its `dynamic-linking` feature), so the link needs libcuda,
 # libnvrtc, libcurand, libcublas, libcublasLt and libcudart. All but libcuda come from PyPI's
@@ -16,6 +20,8 @@
 # cuda` finds the toolkit's libraries and stubs through CUDA_ROOT / CUDA_PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+with_libs=0
+if [ "${1:-}" = "--with-libs" ]; then with_libs=1; shift; fi
 out="${1:-target/cuda-dist}"
 scripts/cuda-toolkit.sh --runtime --quiet
 # shellcheck source=/dev/null
@@ -56,6 +62,12 @@ cargo rustc --release --features cuda --bin kiln -- -L "native=$stubs"
 mkdir -p "$out"
 cp target/release/kiln "$out/kiln"
 strip "$out/kiln"
+if [ "$with_libs" = 1 ]; then
+    mkdir -p "$out/lib"
+    for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcudart.so.13; do
+        cp -L "$CUDA_ROOT/lib/$lib" "$out/lib/"
+    done
+fi
 cat >"$out/README.txt" <<TXT
 kiln built with --features cuda (CUDA 13.0, PTX for compute_75 and candle's kernels for
 CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP), stripped. At run time it needs the NVIDIA driver (>= 580,
