@@ -41,8 +41,8 @@ if ! "$py" -c 'import torch, torchvision, numpy, PIL, safetensors; assert torch.
 fi
 rm -f "$out.pyerr"
 
-# kiln links libcublas/libcurand/libnvrtc/libcudart of CUDA 13: take them from PyTorch's nvidia-*
-# wheels when it has CUDA 13 ones, else from the system (LD_LIBRARY_PATH as given).
+# kiln links libcublas/libcublasLt/libcurand/libcudart of CUDA 13: from a lib/ beside the binary,
+# else PyTorch's nvidia-* wheels when they are CUDA 13 ones, else the system (LD_LIBRARY_PATH).
 nvlibs="$("$py" - <<'PY'
 import glob, os, sys
 try:
@@ -56,7 +56,9 @@ for root in nvidia.__path__:
 print(":".join(sorted(dirs)))
 PY
 )"
-export LD_LIBRARY_PATH="${nvlibs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# A lib/ beside the binary (scripts/build-cuda-binary.sh --with-libs) comes first.
+kiln_libs="$(cd "$(dirname "$kiln")" && pwd)/lib"
+export LD_LIBRARY_PATH="${kiln_libs}:${nvlibs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if ! "$kiln" devices >"$out/devices.txt" 2>&1; then
     echo "gpu-check.sh: $kiln devices failed:" >&2; cat "$out/devices.txt" >&2; exit 2
 fi
