@@ -173,13 +173,10 @@ impl InvertedResidual {
         let cout = self.cout();
         let pad = self.dw_pad(h, w);
         let img_out = cout * oh * ow;
-        let mut out: Vec<f32> = Vec::with_capacity(n * img_out);
-        // SAFETY: the bands below write every output element before anything reads it, and f32
-        // has no invalid bit patterns.
-        #[allow(clippy::uninit_vec)]
-        unsafe {
-            out.set_len(n * img_out)
-        };
+        // Zero-initialised, not `set_len` on uninitialised capacity (a `&mut [f32]` over
+        // uninitialised memory is undefined behaviour). The zeroing is one pass over the output
+        // against k·k·cin multiply-adds per element, and large buffers come zeroed from the OS.
+        let mut out = vec![0f32; n * img_out];
         let bands = crate::current_threads().min(oh).max(1);
         for (i, yi) in out.chunks_mut(img_out).enumerate() {
             let xi = &x[i * cin * h * w..(i + 1) * cin * h * w];

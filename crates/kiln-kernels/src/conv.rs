@@ -206,13 +206,9 @@ impl Conv2d {
             ow,
         };
         let ohw = oh * ow;
-        let mut out: Vec<f32> = Vec::with_capacity(n * c * ohw);
-        // SAFETY: every plane kernel writes all `oh × ow` outputs of its plane before anything
-        // reads them, and f32 has no invalid bit patterns.
-        #[allow(clippy::uninit_vec)]
-        unsafe {
-            out.set_len(n * c * ohw)
-        };
+        // Zero-initialised rather than `set_len` on uninitialised capacity (undefined behaviour
+        // once sliced): one pass against k·k multiply-adds per element.
+        let mut out = vec![0f32; n * c * ohw];
         let run = |scratch: &mut depthwise::Scratch, (idx, o): (usize, &mut [f32])| {
             let ch = idx % c;
             let xs = &x[idx * h * w..(idx + 1) * h * w];
@@ -259,15 +255,12 @@ impl Conv2d {
         let threads = crate::current_threads();
         let img_in = s.cin * h * w;
         let img_out = s.cout * ohw;
-        let mut out: Vec<f32> = Vec::with_capacity(n * img_out);
+        // Zero-initialised rather than `set_len` on uninitialised capacity (undefined behaviour
+        // once sliced); the GEMMs overwrite it (`accumulate = false`) at kdim multiply-adds per
+        // element.
+        let mut out = vec![0f32; n * img_out];
         let mut cols = COLS.with(|c| c.take());
         for i in 0..n {
-            // SAFETY: the GEMMs below write all `img_out` elements (`accumulate = false` never
-            // reads them) before anything reads them, and f32 has no invalid bit patterns.
-            #[allow(clippy::uninit_vec)]
-            unsafe {
-                out.set_len((i + 1) * img_out)
-            };
             let o = &mut out[i * img_out..(i + 1) * img_out];
             let xi = &x[i * img_in..(i + 1) * img_in];
             let b: &[f32] = match self.kind {

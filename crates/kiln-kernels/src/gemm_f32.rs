@@ -77,6 +77,9 @@ pub(crate) unsafe fn sgemm_raw(
     } else {
         Parallelism::None
     };
+    // SAFETY: the caller's contract (above) is exactly `gemm::gemm`'s: every element reached
+    // through `a`, `b` (unit column stride, row strides `lda`, `ldb`) is readable and every one
+    // reached through `c` is writable and unaliased.
     unsafe {
         gemm::gemm(
             m,
@@ -120,6 +123,8 @@ pub(crate) unsafe fn sgemm_strided(
     c: *mut f32,
     (c_rs, c_cs): (usize, usize),
 ) {
+    // SAFETY: the caller guarantees that every element these strides reach is readable (`a`,
+    // `b`) or writable and unaliased (`c`), which is what `gemm::gemm` requires.
     unsafe {
         gemm::gemm(
             m,

@@ -199,13 +199,9 @@ impl Pointwise {
     /// All pixels of a channels-last `[npx][cin]` input; returns `[npx][cout]`.
     pub fn forward(&self, x: &[f32], npx: usize) -> Vec<f32> {
         assert_eq!(x.len(), npx * self.cin, "pointwise: input size");
-        let mut out: Vec<f32> = Vec::with_capacity(npx * self.cout);
-        // SAFETY: `run` writes every element of each chunk before anything reads it; f32 has
-        // no invalid bit patterns.
-        #[allow(clippy::uninit_vec)]
-        unsafe {
-            out.set_len(npx * self.cout)
-        };
+        // Zero-initialised rather than `set_len` on uninitialised capacity (undefined behaviour
+        // once sliced): one pass over the output against `cin` multiply-adds per element.
+        let mut out = vec![0f32; npx * self.cout];
         let per = npx.div_ceil(crate::current_threads() * 2).max(NARROW.0);
         crate::par_chunks_mut(&mut out, per * self.cout, |i, o| {
             let p0 = i * per;

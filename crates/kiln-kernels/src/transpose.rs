@@ -45,12 +45,14 @@ unsafe fn transpose_to(src: &[f32], ss: usize, rows: usize, cols: usize, dst: *m
     // cache-blocked so that the strided writes stay within a few lines.
     for i in 0..i0 {
         for j in j_full..cols {
+            // SAFETY: `i < rows`, `j < cols`: inside `dst` by the caller's contract.
             unsafe { *dst.add(j * ds + i) = src[i * ss + j] };
         }
     }
     for jb in (0..cols).step_by(64) {
         for i in i0..rows {
             for j in jb..(jb + 64).min(cols) {
+                // SAFETY: `i < rows`, `j < cols`: inside `dst` by the caller's contract.
                 unsafe { *dst.add(j * ds + i) = src[i * ss + j] };
             }
         }
@@ -103,13 +105,9 @@ pub(crate) fn relayout(
         block > 0 && c.is_multiple_of(block) || c == 0,
         "relayout: block"
     );
-    let mut y: Vec<f32> = Vec::with_capacity(x.len());
-    // SAFETY: the transposes below write every element before anything reads it; f32 has no
-    // invalid bit patterns.
-    #[allow(clippy::uninit_vec)]
-    unsafe {
-        y.set_len(x.len())
-    };
+    // Zero-initialised rather than `set_len` on uninitialised capacity (undefined behaviour):
+    // calloc hands large buffers over already zeroed, and the transposes rewrite every element.
+    let mut y = vec![0f32; x.len()];
     if c == 0 || hw == 0 {
         return y;
     }

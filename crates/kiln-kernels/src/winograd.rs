@@ -113,13 +113,9 @@ impl Winograd {
             assert_eq!(r.len(), npx * cout, "winograd: residual size");
         }
         let tiles = n * th * tw;
-        let mut out: Vec<f32> = Vec::with_capacity(npx * cout);
-        // SAFETY: the output transform writes every pixel of every tile's 2×2 block that lies
-        // inside the image, which covers the output; f32 has no invalid bit patterns.
-        #[allow(clippy::uninit_vec)]
-        unsafe {
-            out.set_len(npx * cout)
-        };
+        // Zero-initialised rather than `set_len` on uninitialised capacity (undefined behaviour):
+        // the transforms cost far more per element than one zeroing pass.
+        let mut out = vec![0f32; npx * cout];
         let o = OutPtr(out.as_mut_ptr());
         let geo = Geometry {
             n,

@@ -354,7 +354,9 @@ impl ClassifierBuilder {
             )));
         }
 
-        let entry = kiln_models::find(&spec.architecture)?;
+        let entry = kiln_models::find(&spec.architecture).map_err(|e| {
+            RuntimeError::Mismatch(format!("the training spec ({origin}): architecture: {e}"))
+        })?;
         let classifier_key = format!("{}.weight", entry.classifier);
         if file.shape(&classifier_key).is_none() {
             // Weights saved from a wrapper module (`backbone.fc.weight`) load nowhere: say which
@@ -382,16 +384,21 @@ impl ClassifierBuilder {
                 )));
             }
         }
-        let labels = match (&self.labels, &spec.labels) {
-            (Some(p), _) => read_labels(p)?,
-            (None, Some(rel)) => read_labels(&base_dir.join(rel))?,
-            (None, None) => (0..spec.num_classes)
+        let labels_path = match (&self.labels, &spec.labels) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(rel)) => Some(base_dir.join(rel)),
+            (None, None) => None,
+        };
+        let labels = match &labels_path {
+            Some(p) => read_labels(p)?,
+            None => (0..spec.num_classes)
                 .map(|i| format!("class {i}"))
                 .collect(),
         };
         if labels.len() != spec.num_classes {
             return Err(RuntimeError::Mismatch(format!(
-                "the label file has {} names but the model has {} classes (spec num_classes, classifier rows)",
+                "the label file {} has {} names but the model has {} classes (spec num_classes, classifier rows)",
+                labels_path.as_deref().unwrap_or(Path::new("?")).display(),
                 labels.len(),
                 spec.num_classes
             )));
@@ -399,7 +406,13 @@ impl ClassifierBuilder {
         let params = spec_params(&spec)?;
         let parameters = file.parameter_count();
         let vb = VarBuilder::from_buffered_safetensors(file.bytes, self.dtype, &self.device)?;
-        let model = kiln_models::build(&spec.architecture, &params, vb)?;
+        // The model names the tensor at fault; the file is named here.
+        let model = kiln_models::build(&spec.architecture, &params, vb).map_err(|e| {
+            RuntimeError::Weights {
+                path: weights_path.display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
         if model.num_classes() != spec.num_classes {
             return Err(RuntimeError::Mismatch(format!(
                 "the classifier has {} outputs but the spec's num_classes is {}",

@@ -20,6 +20,28 @@ pub struct WeightFile {
     pub tensors: Vec<(String, Vec<usize>, safetensors::Dtype)>,
 }
 
+/// Index of the first NaN or infinite element of a float tensor's little-endian bytes (an
+/// all-ones exponent field), `None` for integer dtypes or when all are finite.
+fn first_non_finite(dtype: safetensors::Dtype, data: &[u8]) -> Option<usize> {
+    use safetensors::Dtype;
+    match dtype {
+        Dtype::F32 => data.chunks_exact(4).position(|b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        Dtype::F64 => data.chunks_exact(8).position(|b| {
+            let v = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            v & 0x7ff0_0000_0000_0000 == 0x7ff0_0000_0000_0000
+        }),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        _ => None,
+    }
+}
+
 impl WeightFile {
     /// Reads and indexes a safetensors file.
     pub fn read(path: &Path) -> Result<Self, RuntimeError> {
@@ -38,6 +60,17 @@ impl WeightFile {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?;
+        // Non-finite weights are refused here, naming the tensor: a NaN or Inf in a trained
+        // network turns every logit into NaN, and a confident-looking wrong class (NaN sorts
+        // anywhere) is worse than an error. One pass over the file, a few ms.
+        for (name, view) in st.tensors() {
+            if let Some(i) = first_non_finite(view.dtype(), view.data()) {
+                return Err(RuntimeError::Weights {
+                    path: path.display().to_string(),
+                    reason: format!("tensor `{name}`: element {i} is NaN or infinite"),
+                });
+            }
+        }
         let mut tensors: Vec<_> = st
             .tensors()
             .into_iter()
