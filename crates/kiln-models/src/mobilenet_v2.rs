@@ -5,8 +5,31 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
+use kiln_preprocess::Preset;
+
 use crate::layers::{Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear, MobileTrunk};
+use crate::registry::{check_width_mult, param, Family, Variant};
 use crate::{Features, ImageModel};
+
+/// Everything kiln knows about this family; collected by [`crate::registry`].
+pub static FAMILY: Family = Family {
+    name: "mobilenet_v2",
+    stem_key: "features.0.0.weight",
+    classifier: "classifier.1",
+    params: &[("width_mult", 1.0)],
+    check: check_width_mult,
+    preset: Preset::TorchvisionImagenet,
+    variants: &[Variant {
+        name: "mobilenet_v2",
+        build: |vb, p| {
+            Ok(Box::new(MobileNetV2::load(
+                vb,
+                param(p, "width_mult", 1.0),
+            )?))
+        },
+    }],
+    hub: &[],
+};
 
 /// torchvision's batch-norm epsilon for MobileNetV2.
 const BN_EPS: f64 = 1e-5;
@@ -146,8 +169,8 @@ impl ImageModel for MobileNetV2 {
         })
     }
 
-    fn classifier(&self) -> &Linear {
-        &self.classifier
+    fn classifier(&self) -> Option<&Linear> {
+        Some(&self.classifier)
     }
 }
 

@@ -12,7 +12,38 @@ use candle_nn::VarBuilder;
 use crate::layers::{
     avg_pool_nhwc, global_avg_pool, max_pool_3x3_s2_nhwc, Act, ConvBn, ConvGeom, Linear,
 };
+use crate::registry::{no_params, Family, Variant};
 use crate::{Features, ImageModel};
+
+/// A variant: its registry name and its [`ResNetConfig`].
+macro_rules! variant {
+    ($name:literal, $cfg:ident) => {
+        Variant {
+            name: $name,
+            build: |vb, _| Ok(Box::new(ResNet::load(vb, ResNetConfig::$cfg)?)),
+        }
+    };
+}
+
+/// Everything kiln knows about this family; collected by [`crate::registry`].
+pub static FAMILY: Family = Family {
+    name: "resnet",
+    stem_key: "conv1.weight",
+    classifier: "fc",
+    params: &[],
+    check: no_params,
+    preset: kiln_preprocess::Preset::TorchvisionImagenet,
+    variants: &[
+        variant!("resnet18", RESNET18),
+        variant!("resnet34", RESNET34),
+        variant!("resnet50", RESNET50),
+        variant!("resnet101", RESNET101),
+        variant!("resnet152", RESNET152),
+        variant!("wide_resnet50_2", WIDE_RESNET50_2),
+        variant!("resnext50_32x4d", RESNEXT50_32X4D),
+    ],
+    hub: &[],
+};
 
 /// torchvision's batch-norm epsilon (`nn.BatchNorm2d` default).
 const BN_EPS: f64 = 1e-5;
@@ -318,8 +349,8 @@ impl ImageModel for ResNet {
         })
     }
 
-    fn classifier(&self) -> &Linear {
-        &self.fc
+    fn classifier(&self) -> Option<&Linear> {
+        Some(&self.fc)
     }
 
     /// Batches on the CPU: the early stages (large maps, few weights) one image per thread, as
