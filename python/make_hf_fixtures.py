@@ -8,6 +8,11 @@ What it makes (under tests/fixtures/hf/):
   True/False and five output sizes (down, up, mixed), both on the uint8 tensor (``u8/...``: the
   result torchvision rounds back to uint8) and on the float32 tensor ``input / 255``
   (``f32/...``).
+* ``mobilenet_v2_*/``: transformers ``MobileNetV2ForImageClassification`` models (see
+  ``MOBILENET_V2``: the default config with Google's 1001 classes and TensorFlow "SAME" padding,
+  a 0.5 multiplier with torch padding, a 0.35 multiplier at an odd input size), each with its own
+  ``weights.json`` recipe under transformers' names, the configs ``save_pretrained`` wrote for the
+  model and its ``MobileNetV2ImageProcessor``, and ``expected.json`` as below.
 * ``weights.json``: the "kiln-fixture-v1" recipe (see make_parity_fixtures.py) of a small
   transformers ``ResNetForImageClassification`` (resnet18 layout, 5 classes), listed under
   transformers' own tensor names; the Rust tests regenerate the weights bit for bit from it
@@ -162,6 +167,52 @@ def make_model():
     return model, entries
 
 
+# name -> (MobileNetV2Config kwargs, MobileNetV2ImageProcessor kwargs)
+MOBILENET_V2 = {
+    # google/mobilenet_v2_1.0_224's layout: defaults (tf_padding, eps 1e-3), 1001 classes.
+    "mobilenet_v2_default_1001": (dict(num_labels=1001), dict()),
+    "mobilenet_v2_050_torchpad": (dict(depth_multiplier=0.5, tf_padding=False, layer_norm_eps=1e-5,
+                                       num_labels=NUM_LABELS), dict()),
+    # An odd crop, so TensorFlow's padding is symmetric at some stride-2 layers and not others.
+    "mobilenet_v2_035_odd": (dict(depth_multiplier=0.35, num_labels=NUM_LABELS),
+                             dict(size={"shortest_edge": 170}, crop_size={"height": 147, "width": 147},
+                                  resample=3)),
+}
+
+
+def make_mobilenet_v2(cfg_kwargs):
+    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+
+    n = cfg_kwargs["num_labels"]
+    names = {i: f"class {i}" for i in range(n)}
+    cfg = MobileNetV2Config(**cfg_kwargs, id2label=names, label2id={v: k for k, v in names.items()})
+    model = MobileNetV2ForImageClassification(cfg).eval()
+    residual = {f"mobilenet_v2.layer.{i}.reduce_1x1.normalization"
+                for i, layer in enumerate(model.mobilenet_v2.layer) if layer.use_residual}
+    sd = model.state_dict()
+    entries, new_sd = [], {}
+    for name, t in sd.items():
+        if not t.is_floating_point():
+            new_sd[name] = t
+            continue
+        shape = list(t.shape)
+        module, _, leaf = name.rpartition(".")
+        if len(shape) >= 2:
+            a, b = 0.0, f32(math.sqrt(6.0 / float(np.prod(shape[1:], dtype=np.float64))))
+        elif leaf == "weight":
+            a, b = (0.2, f32(0.05)) if module in residual else (1.0, 0.25)
+        elif leaf in ("bias", "running_mean"):
+            a, b = 0.0, f32(0.1)
+        elif leaf == "running_var":
+            a, b = 1.0, 0.5
+        else:
+            raise ValueError(f"{name}: no recipe rule")
+        new_sd[name] = torch.from_numpy(recipe_tensor(name, shape, a, b))
+        entries.append({"name": name, "shape": shape, "a": f32(a), "b": f32(b)})
+    model.load_state_dict(new_sd, strict=True)
+    return model, entries
+
+
 def fnv_hex(data: bytes) -> str:
     h = 0xCBF29CE484222325
     for byte in data:
@@ -197,21 +248,33 @@ def run_processor(proc, img: Image.Image):
 
 def hf_fixtures(shared: Path) -> None:
     import transformers
+    from transformers import MobileNetV2ImageProcessor
+    from transformers.models.mobilenet_v2.image_processing_pil_mobilenet_v2 import (
+        MobileNetV2ImageProcessorPil)
 
-    model, entries = make_model()
+    resnet, entries = make_model()
     (OUT / "weights.json").write_text(json.dumps({
         "recipe": RECIPE, "transformers": transformers.__version__,
         "tensors": entries}, indent=0) + "\n")
     photos = {p: Image.open(shared / "reference" / "decoded" / p).convert("RGB") for p in PHOTOS}
-    for name, (family, kwargs) in MODELS.items():
+    jobs = [(name, resnet, processor_classes(family), kwargs, None)
+            for name, (family, kwargs) in MODELS.items()]
+    for name, (cfg_kwargs, kwargs) in MOBILENET_V2.items():
+        model, entries = make_mobilenet_v2(cfg_kwargs)
+        jobs.append((name, model, {"torchvision": MobileNetV2ImageProcessor, "pil": MobileNetV2ImageProcessorPil},
+                     kwargs, entries))
+    for name, model, classes, kwargs, own_weights in jobs:
         d = OUT / name
         if d.exists():
             shutil.rmtree(d)
-        classes = processor_classes(family)
         model.save_pretrained(d)
         for f in d.iterdir():
             if f.name not in ("config.json",):
                 f.unlink()
+        if own_weights is not None:
+            (d / "weights.json").write_text(json.dumps({
+                "recipe": RECIPE, "transformers": transformers.__version__,
+                "tensors": own_weights}, indent=0) + "\n")
         classes["torchvision"](**kwargs).save_pretrained(d)
         expected = {"transformers": transformers.__version__, "torch": torch.__version__,
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(), "backends": {}}

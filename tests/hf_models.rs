@@ -8,7 +8,10 @@
 //! (regenerated here bit for bit, so the 45 MB file is not committed), and, per processor
 //! config, `config.json` + `preprocessor_config.json` as `save_pretrained` wrote them and
 //! `expected.json`: transformers' probabilities and the hash of the uint8 image after resize and
-//! crop, for the PIL backend and the torchvision backend, on four PIL-decoded photos.
+//! crop, for the PIL backend and the torchvision backend, on four PIL-decoded photos. The
+//! `mobilenet_v2_*` cases are transformers `MobileNetV2ForImageClassification` models with their
+//! `MobileNetV2ImageProcessor` (TensorFlow "SAME" padding or not, depth multipliers 1.0, 0.5,
+//! 0.35, 1001 or 5 classes), each with its own `weights.json` recipe.
 //!
 //! Every probability must be within 1e-4 of transformers' for the backend in use, and the uint8
 //! image before rescaling equal to transformers' byte for byte.
@@ -31,6 +34,9 @@ const MODELS: &[&str] = &[
     "vit_224_lanczos",
     "vit_224_bilinear",
     "vit_200x240_bicubic",
+    "mobilenet_v2_default_1001",
+    "mobilenet_v2_050_torchpad",
+    "mobilenet_v2_035_odd",
 ];
 
 /// PIL-backend cases allowed to differ from Pillow 13 (reported, not failed). Empty since
@@ -56,11 +62,10 @@ impl Drop for TempDir {
     }
 }
 
-/// `model.safetensors` with transformers' names, regenerated from the recipe.
-fn recipe_weights() -> Vec<u8> {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("weights.json")).unwrap())
-            .unwrap();
+/// `model.safetensors` with transformers' names, regenerated from the recipe in `weights.json`
+/// (the ResNet's, shared by the processor cases) or `MODEL/weights.json` (each MobileNetV2).
+fn recipe_weights_of(manifest: &Path) -> Vec<u8> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(manifest).unwrap()).unwrap();
     assert_eq!(v["recipe"], "kiln-fixture-v1");
     let mut tensors = vec![];
     for e in v["tensors"].as_array().unwrap() {
@@ -90,6 +95,10 @@ fn recipe_weights() -> Vec<u8> {
         })
         .collect();
     safetensors::serialize(views, None).unwrap()
+}
+
+fn recipe_weights() -> Vec<u8> {
+    recipe_weights_of(&fixtures().join("weights.json"))
 }
 
 fn expected(model: &str) -> Value {
@@ -189,13 +198,17 @@ fn check(
                 "{what} {photo}: the uint8 image after resize+crop differs from transformers'"
             ));
         }
-        let pred = classifier.classify_images(&[img], 5).unwrap().remove(0);
         let want: Vec<f32> = row["probs"]
             .as_array()
             .unwrap()
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
+        // Every class, not only the top few (1001 for the MobileNetV2 with Google's classes).
+        let pred = classifier
+            .classify_images(&[img], want.len())
+            .unwrap()
+            .remove(0);
         assert_eq!(pred.top.len(), want.len());
         for c in &pred.top {
             let d = (c.prob - want[c.index]).abs();
@@ -223,8 +236,8 @@ fn check(
 #[test]
 fn transformers_models_through_local_dirs_and_the_hub_cache() {
     let tmp = TempDir::new("models");
-    let weights = tmp.0.join("weights.safetensors");
-    std::fs::write(&weights, recipe_weights()).unwrap();
+    let resnet_weights = tmp.0.join("weights.safetensors");
+    std::fs::write(&resnet_weights, recipe_weights()).unwrap();
     let cache = tmp.0.join("cache");
     let opts = HubOptions {
         endpoint: "http://127.0.0.1:9".into(),
@@ -242,6 +255,14 @@ fn transformers_models_through_local_dirs_and_the_hub_cache() {
     for model in MODELS {
         let exp = expected(model);
         assert_eq!(exp["transformers"], "5.24.0");
+        let own = fixtures().join(model).join("weights.json");
+        let weights = if own.is_file() {
+            let w = tmp.0.join(format!("{model}.safetensors"));
+            std::fs::write(&w, recipe_weights_of(&own)).unwrap();
+            w
+        } else {
+            resnet_weights.clone()
+        };
         let dir = model_dir(&tmp.0.join("dirs"), model, &weights);
         let hub_ref = fill_cache(&cache, model, &dir);
         let r = kiln_runtime::HubRef::parse(&hub_ref).unwrap();

@@ -56,7 +56,7 @@ pub static FAMILY: Family = Family {
         variant!("efficientnet_lite3", LITE3),
         variant!("efficientnet_lite4", LITE4),
     ],
-    hub: &[],
+    key_maps: &[],
 };
 
 /// TensorFlow's batch-norm epsilon for EfficientNet.

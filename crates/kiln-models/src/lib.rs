@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod efficientnet_lite;
+pub mod keymap;
 pub mod layers;
 pub mod mobilenet_v2;
 pub mod mobilenet_v3;
@@ -15,7 +16,7 @@ pub mod registry;
 pub mod resnet;
 
 pub use candle_nn::VarBuilder;
-pub use registry::{architectures, build, find, ArchEntry, ArchParams, Family, FAMILIES};
+pub use registry::{architectures, build, find, key_map, ArchEntry, ArchParams, Family, FAMILIES};
 
 use candle_core::{Result, Tensor};
 

@@ -17,8 +17,8 @@ use candle_nn::VarBuilder;
 use kiln_preprocess::Preset;
 
 use crate::layers::{global_avg_pool, hard_sigmoid, hard_swish, Act, ConvBn, ConvGeom, Linear};
-use crate::mobilenet_v2::make_divisible;
-use crate::registry::{check_width_mult, param, ArchParams, Family, Variant};
+use crate::mobilenet_v2::{check_width_mult, make_divisible};
+use crate::registry::{param, ArchParams, Family, Variant};
 use crate::{Features, ImageModel};
 
 /// torchvision's batch-norm epsilon for MobileNetV3 (`partial(nn.BatchNorm2d, eps=0.001)`).
@@ -42,7 +42,7 @@ pub static FAMILY: Family = Family {
             build: |vb, p| build(vb, p, &LARGE, 1280),
         },
     ],
-    hub: &[],
+    key_maps: &[],
 };
 
 fn build(

@@ -2,8 +2,8 @@
 //!
 //! Each model file declares one [`Family`] (`pub static FAMILY`): its variants and their
 //! builders, its parameters and their check, the keys that identify its checkpoints, its
-//! classifier, the training spec its torchvision/timm weights expect and the names the hubs give
-//! it. This file only lists the families ([`FAMILIES`]) and looks names up; it knows no
+//! classifier, the training spec its reference weights expect, and other libraries' names for
+//! its tensors. This file only lists the families ([`FAMILIES`]) and looks names up; it knows no
 //! architecture.
 
 use std::collections::BTreeMap;
@@ -45,12 +45,14 @@ pub struct Family {
     pub params: &'static [(&'static str, f64)],
     /// Checks parameter values.
     pub check: ParamCheck,
-    /// The preprocessing its reference weights were trained with (the default training spec).
+    /// The preprocessing its reference weights were trained with (its default training spec).
+    /// Declared for tools and exporters; a spec travelling with the weights always wins.
     pub preset: Preset,
     /// Its variants, by registry name.
     pub variants: &'static [Variant],
-    /// How the hubs name its variants and its tensors.
-    pub hub: &'static [HubName],
+    /// Other libraries' tensor names for its checkpoints (timm's, transformers'), renamed to
+    /// kiln's when a hub model is loaded.
+    pub key_maps: &'static [crate::keymap::KeyMap],
 }
 
 /// One variant of a family: a registry name and its builder.
@@ -59,17 +61,6 @@ pub struct Variant {
     pub name: &'static str,
     /// Builds the network from weights.
     pub build: Builder,
-}
-
-/// A name a model hub gives to one of a family's variants, with what kiln needs to load its
-/// weights.
-pub struct HubName {
-    /// The hub's name (timm's `mobilenetv2_100`).
-    pub hub: &'static str,
-    /// The variant it is.
-    pub variant: &'static str,
-    /// The parameters it implies.
-    pub params: &'static [(&'static str, f64)],
 }
 
 /// One registered architecture (a family's variant, with the family's data).
@@ -116,6 +107,14 @@ pub fn architectures() -> impl Iterator<Item = &'static ArchEntry> {
     ENTRIES.iter()
 }
 
+/// The key map some family declares for `convention`.
+pub fn key_map(convention: crate::keymap::KeyConvention) -> Option<&'static crate::keymap::KeyMap> {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.key_maps)
+        .find(|m| m.convention == convention)
+}
+
 /// A parameter's value, or its default.
 pub fn param(p: &ArchParams, name: &str, default: f64) -> f64 {
     p.get(name).copied().unwrap_or(default)
@@ -124,20 +123,6 @@ pub fn param(p: &ArchParams, name: &str, default: f64) -> f64 {
 /// [`ParamCheck`] for families without parameters (names were already checked).
 pub fn no_params(_: &ArchParams) -> Result<(), (String, f64, String)> {
     Ok(())
-}
-
-/// [`ParamCheck`] of the MobileNets' `width_mult`.
-pub fn check_width_mult(p: &ArchParams) -> Result<(), (String, f64, String)> {
-    let w = param(p, "width_mult", 1.0);
-    if w > 0.0 && w <= 4.0 {
-        Ok(())
-    } else {
-        Err((
-            "width_mult".into(),
-            w,
-            "0 < width_mult <= 4 (torchvision publishes 0.5, 0.75, 1.0, 1.4)".into(),
-        ))
-    }
 }
 
 /// Looks up an architecture by name.
@@ -204,24 +189,20 @@ fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
 mod tests {
     use super::*;
 
-    /// Names are unique across families, and every hub name points at a variant of its own
-    /// family.
+    /// Names are unique across families, and each key convention has one family's map.
     #[test]
-    fn names_are_unique_and_hub_names_resolve() {
+    fn names_and_key_maps_are_unique() {
         let mut seen = std::collections::HashSet::new();
         for a in architectures() {
             assert!(seen.insert(a.name), "{} registered twice", a.name);
         }
-        for f in FAMILIES {
-            for h in f.hub {
-                assert!(
-                    f.variants.iter().any(|v| v.name == h.variant),
-                    "{}: hub name {} points at {}, not one of its variants",
-                    f.name,
-                    h.hub,
-                    h.variant
-                );
-            }
+        let maps: Vec<_> = FAMILIES.iter().flat_map(|f| f.key_maps).collect();
+        for (i, m) in maps.iter().enumerate() {
+            assert!(
+                maps[..i].iter().all(|o| o.convention != m.convention),
+                "{:?} declared twice",
+                m.convention
+            );
         }
     }
 }

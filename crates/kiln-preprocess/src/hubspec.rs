@@ -69,6 +69,9 @@ pub enum KeyConvention {
     /// transformers' `ResNetForImageClassification`: `resnet.embedder…`, `resnet.encoder.stages…`,
     /// `classifier.1`.
     TransformersResNet,
+    /// transformers' `MobileNetV2ForImageClassification`: `mobilenet_v2.conv_stem…`,
+    /// `mobilenet_v2.layer.I…`, `mobilenet_v2.conv_1x1…`, `classifier`.
+    TransformersMobileNetV2,
 }
 
 /// A spec derived from hub configs, with what else the configs say.
@@ -524,6 +527,10 @@ pub struct TransformersModel {
     pub labels: Option<Vec<String>>,
     /// The transformers class, e.g. `ResNetForImageClassification`.
     pub hub_architecture: String,
+    /// kiln's architecture parameters (`width_mult`, `tf_padding`, `bn_eps` for MobileNetV2).
+    pub arch_params: BTreeMap<String, Value>,
+    /// How the checkpoint's tensors are named.
+    pub keys: KeyConvention,
 }
 
 /// The kiln architecture a transformers `config.json` describes, with its class names.
@@ -532,6 +539,9 @@ pub struct TransformersModel {
 /// layouts is accepted: `layer_type` basic `[2,2,2,2]` / `[3,4,6,3]` or bottleneck `[3,4,6,3]` /
 /// `[3,4,23,3]` / `[3,8,36,3]` with the standard widths, a 64-channel 7×7 stem, ReLU, and stride
 /// on the 3×3 (`downsample_in_bottleneck` false) — microsoft/resnet-18 … -152.
+///
+/// `MobileNetV2ForImageClassification` (model_type `mobilenet_v2`) is accepted where it builds
+/// torchvision's network: see [`transformers_mobilenet_v2`].
 pub fn transformers_architecture(config_json: &str) -> Result<TransformersModel, SpecError> {
     let m = parse_object(config_json, "transformers config.json")?;
     let hub_arch = m
@@ -542,14 +552,29 @@ pub fn transformers_architecture(config_json: &str) -> Result<TransformersModel,
         .unwrap_or("")
         .to_string();
     let model_type = m.get("model_type").and_then(Value::as_str).unwrap_or("");
+    if model_type == "mobilenet_v2"
+        && (hub_arch.is_empty() || hub_arch == "MobileNetV2ForImageClassification")
+    {
+        let (labels, num_classes) = transformers_labels(&m)?;
+        let arch_params = transformers_mobilenet_v2(&m)?;
+        return Ok(TransformersModel {
+            architecture: "mobilenet_v2".into(),
+            num_classes,
+            labels,
+            hub_architecture: "MobileNetV2ForImageClassification".into(),
+            arch_params,
+            keys: KeyConvention::TransformersMobileNetV2,
+        });
+    }
     if model_type != "resnet"
         || !(hub_arch.is_empty() || hub_arch == "ResNetForImageClassification")
     {
         return Err(invalid(
             "architectures",
             format!("[\"{hub_arch}\"] (model_type \"{model_type}\")"),
-            "ResNetForImageClassification (model_type \"resnet\"), the only transformers \
-             architecture kiln maps to its own models",
+            "ResNetForImageClassification (model_type \"resnet\") or \
+             MobileNetV2ForImageClassification (model_type \"mobilenet_v2\"), the transformers \
+             architectures kiln maps to its own models",
         ));
     }
     let ints =
@@ -604,6 +629,23 @@ pub fn transformers_architecture(config_json: &str) -> Result<TransformersModel,
             }
         }
     }
+    let (labels, num_classes) = transformers_labels(&m)?;
+    Ok(TransformersModel {
+        architecture: arch.to_string(),
+        num_classes,
+        labels,
+        hub_architecture: if hub_arch.is_empty() {
+            "ResNetForImageClassification".into()
+        } else {
+            hub_arch
+        },
+        arch_params: BTreeMap::new(),
+        keys: KeyConvention::TransformersResNet,
+    })
+}
+
+/// The class names (`id2label`, in index order) and the class count of a transformers config.
+fn transformers_labels(m: &Map<String, Value>) -> Result<(Option<Vec<String>>, usize), SpecError> {
     let labels = match m.get("id2label").and_then(Value::as_object) {
         None => None,
         Some(map) => {
@@ -647,16 +689,174 @@ pub fn transformers_architecture(config_json: &str) -> Result<TransformersModel,
             ))
         }
     };
-    Ok(TransformersModel {
-        architecture: arch.to_string(),
-        num_classes,
-        labels,
-        hub_architecture: if hub_arch.is_empty() {
-            "ResNetForImageClassification".into()
+    Ok((labels, num_classes))
+}
+
+// ---------------------------------------------------------------------------------------------
+// transformers' MobileNetV2 (kept together so that it can move with the architecture tables)
+
+/// transformers' `make_divisible(value, divisor, min_value)`.
+fn hf_make_divisible(value: f64, divisor: u64, min_value: u64) -> u64 {
+    let d = divisor as f64;
+    let mut n = min_value.max(((value + d / 2.0) as u64) / divisor * divisor);
+    if (n as f64) < 0.9 * value {
+        n += divisor;
+    }
+    n
+}
+
+/// torchvision's `_make_divisible(v, 8)` (kiln_models::mobilenet_v2::make_divisible; repeated
+/// here because this crate does not depend on the models).
+fn tv_make_divisible(v: f64) -> u64 {
+    let mut n = 8u64.max(((v + 4.0) as u64) / 8 * 8);
+    if (n as f64) < 0.9 * v {
+        n += 8;
+    }
+    n
+}
+
+/// kiln's `mobilenet_v2` parameters for a transformers `MobileNetV2Config`, or the field that
+/// makes it a network torchvision's structure cannot express.
+///
+/// transformers' stem (`first_conv`, `conv_3x3`, `reduce_1x1`) is torchvision's `features.0`
+/// and the expansion-1 block `features.1`; its 16 `layer`s are `features.2..=17`, `conv_1x1`
+/// is `features.18`. Reproduced: `depth_multiplier` (as `width_mult`, when transformers'
+/// channel rounding, `make_divisible(round(c·m), depth_divisible_by, min_depth)`, gives
+/// torchvision's channels for every layer), `tf_padding` (TensorFlow "SAME"), `layer_norm_eps`
+/// (batch-norm epsilon), `finegrained_output` (where the head width equals torchvision's), any
+/// class count (1001 for Google's TensorFlow checkpoints, whose class 0 is "background").
+/// Refused: `first_layer_is_expansion` false (an extra 1×1 convolution in the stem),
+/// `output_stride` other than 32 (dilated convolutions), `expand_ratio` other than 6,
+/// `hidden_act` other than relu6, `num_channels` other than 3, and channel counts that differ
+/// from torchvision's.
+pub fn transformers_mobilenet_v2(
+    m: &Map<String, Value>,
+) -> Result<BTreeMap<String, Value>, SpecError> {
+    let num = |k: &str, default: f64| -> Result<f64, SpecError> {
+        match m.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .filter(|f| f.is_finite())
+                .ok_or_else(|| invalid(k, v.to_string(), "a number")),
+        }
+    };
+    let boolean = |k: &str, default: bool| -> Result<bool, SpecError> {
+        match m.get(k) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| invalid(k, v.to_string(), "true or false")),
+        }
+    };
+    let dm = num("depth_multiplier", 1.0)?;
+    if !(dm > 0.0 && dm <= 4.0) {
+        return Err(invalid(
+            "depth_multiplier",
+            dm.to_string(),
+            "0 < depth_multiplier <= 4",
+        ));
+    }
+    let fixed: [(&str, f64, &str); 4] = [
+        ("num_channels", 3.0, "3 (RGB input)"),
+        (
+            "output_stride",
+            32.0,
+            "32 (8 or 16 dilate the depthwise convolutions, which kiln's MobileNetV2 does not)",
+        ),
+        ("expand_ratio", 6.0, "6 (torchvision's expansion)"),
+        (
+            "depth_divisible_by",
+            8.0,
+            "8 (torchvision rounds channels to multiples of 8)",
+        ),
+    ];
+    for (k, want, why) in fixed {
+        let v = num(k, want)?;
+        if v != want {
+            return Err(invalid(k, v.to_string(), why));
+        }
+    }
+    if !boolean("first_layer_is_expansion", true)? {
+        return Err(invalid(
+            "first_layer_is_expansion",
+            "false",
+            "true (false adds a 1×1 expansion to the stem, which torchvision's MobileNetV2 does \
+             not have)",
+        ));
+    }
+    match m.get("hidden_act") {
+        None | Some(Value::Null) => {}
+        Some(v) if v.as_str() == Some("relu6") => {}
+        Some(v) => {
+            return Err(invalid(
+                "hidden_act",
+                v.to_string(),
+                "\"relu6\" (torchvision's activation)",
+            ))
+        }
+    }
+    let min_depth = num("min_depth", 8.0)?;
+    if !(min_depth >= 1.0 && min_depth.fract() == 0.0) {
+        return Err(invalid(
+            "min_depth",
+            min_depth.to_string(),
+            "a positive integer",
+        ));
+    }
+    let min_depth = min_depth as u64;
+    let finegrained = boolean("finegrained_output", true)?;
+    let tf = |c: u64| hf_make_divisible((c as f64 * dm).round(), 8, min_depth);
+    let tv = |c: u64| tv_make_divisible(c as f64 * dm);
+    // Stem, the 17 block outputs, and the head, as each library computes them.
+    let widths = [32u64, 16, 24, 32, 64, 96, 160, 320];
+    for c in widths {
+        let (a, b) = (tf(c), tv(c));
+        // Inside each block transformers rounds the expansion too; torchvision takes in·6.
+        let expanded = hf_make_divisible((a * 6) as f64, 8, min_depth);
+        if a != b || expanded != a * 6 {
+            return Err(invalid(
+                "depth_multiplier",
+                format!("{dm} (min_depth {min_depth})"),
+                format!(
+                    "a multiplier whose channels equal torchvision's mobilenet_v2(width_mult={dm}): \
+                     for {c} channels transformers makes {a} (expanded {expanded}), torchvision {b}"
+                ),
+            ));
+        }
+    }
+    let head_tf = if finegrained && dm < 1.0 {
+        1280
+    } else {
+        tf(1280)
+    };
+    let head_tv = tv_make_divisible(1280.0 * dm.max(1.0));
+    if head_tf != head_tv {
+        return Err(invalid(
+            "finegrained_output",
+            format!("{finegrained} (depth_multiplier {dm})"),
+            format!(
+                "a head of torchvision's width ({head_tv} channels; transformers' config gives \
+                 {head_tf})"
+            ),
+        ));
+    }
+    let eps = num("layer_norm_eps", 0.001)?;
+    if !(eps > 0.0 && eps < 1.0) {
+        return Err(invalid("layer_norm_eps", eps.to_string(), "0 < eps < 1"));
+    }
+    let mut p = BTreeMap::new();
+    p.insert("width_mult".to_string(), Value::from(dm));
+    p.insert(
+        "tf_padding".to_string(),
+        Value::from(if boolean("tf_padding", true)? {
+            1.0
         } else {
-            hub_arch
-        },
-    })
+            0.0
+        }),
+    );
+    p.insert("bn_eps".to_string(), Value::from(eps));
+    Ok(p)
 }
 
 /// Processor types whose preprocessing is the generic resize → centre crop → rescale →
@@ -1152,6 +1352,8 @@ fn hf_spec(
         backend,
     )
     .map_err(|e| e.in_file(pre_name))?;
+    spec.arch_params = model.arch_params.clone();
+    spec.validate().map_err(|e| e.in_file(cfg_name))?;
     spec.source
         .insert("image_processor_backend_reason".into(), Value::from(why));
     spec.source.insert(
@@ -1163,7 +1365,7 @@ fn hf_spec(
         labels: model.labels,
         format: HubFormat::Transformers,
         hub_architecture: model.hub_architecture,
-        keys: KeyConvention::TransformersResNet,
+        keys: model.keys,
     })
 }
 
