@@ -87,7 +87,8 @@ struct PreprocessArgs {
 pub(crate) struct ModelArgs {
     /// Architecture name (e.g. mobilenet_v2, resnet50; with no --weights, its shipped weights),
     /// or a hub model `hf:OWNER/REPO[@REVISION]` (downloaded through the Hugging Face cache;
-    /// HF_HOME, HF_ENDPOINT and HF_HUB_OFFLINE apply), or a local directory laid out as a hub
+    /// HF_HOME, HF_ENDPOINT, HF_HUB_OFFLINE apply; KILN_HUB_TIMEOUT: seconds without data before
+    /// a download fails, default 60), or a local directory laid out as a hub
     /// repo (`./DIR` or `hf-dir:DIR`: config.json [+ preprocessor_config.json] + model.safetensors).
     #[arg(long)]
     model: Option<String>,

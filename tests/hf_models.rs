@@ -246,6 +246,7 @@ fn transformers_models_through_local_dirs_and_the_hub_cache() {
         token: None,
         progress: false,
         retries: 0,
+        timeout: std::time::Duration::from_secs(10),
     };
     let mut worst = Worst {
         prob: 0.0,
@@ -366,6 +367,33 @@ fn command_line_reads_a_local_model_directory() {
     assert!(
         text.contains("resnet18") && text.contains("transformers-torchvision"),
         "{text}"
+    );
+    // transformers' MobileNetV2: inspect names kiln's architecture and its TensorFlow padding.
+    let mdir = tmp.0.join("mnv2");
+    let mw = tmp.0.join("mnv2.safetensors");
+    std::fs::write(
+        &mw,
+        recipe_weights_of(&fixtures().join("mobilenet_v2_default_1001/weights.json")),
+    )
+    .unwrap();
+    let mdir = model_dir(&mdir, "mobilenet_v2_default_1001", &mw);
+    let out = std::process::Command::new(common::kiln_bin())
+        .arg("inspect")
+        .arg(&mdir)
+        .env("HF_HUB_CACHE", tmp.0.join("cache"))
+        .output()
+        .unwrap();
+    let mtext = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        mtext.contains("mobilenet_v2")
+            && mtext.contains("tf_padding")
+            && mtext.contains("MobileNetV2ForImageClassification"),
+        "{mtext}"
     );
     // A processor whose filter kiln does not implement is refused, naming the field.
     let pre = dir.join("preprocessor_config.json");

@@ -1,6 +1,8 @@
 //! `hf:OWNER/REPO` models against a hub-compatible HTTP server on 127.0.0.1: download and
 //! classify, cache reuse, offline use, missing files, corrupt downloads, and the timm and
-//! transformers conventions (configs and tensor names).
+//! transformers conventions (configs and tensor names), and network faults: a server that
+//! stalls before answering or in the middle of a body, drops the connection halfway, or answers
+//! 5xx gives an error within the timeout and leaves nothing in the cache.
 //!
 //! The server speaks the part of the hub protocol hf-hub's blocking client uses:
 //! `GET /{repo}/resolve/{revision}/{file}` with `Range: bytes=0-0` for the metadata (answered
@@ -29,6 +31,48 @@ struct File {
     body: Vec<u8>,
     /// Bytes left off the end of full downloads while still announcing the whole size.
     short_by: usize,
+    /// What goes wrong, for the next `faults_left` requests of this file.
+    fault: Fault,
+    faults_left: usize,
+}
+
+/// Network faults the server can play.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    None,
+    /// Reads the request, then sends nothing (any request).
+    StallBeforeAnswer,
+    /// Sends the headers and half the body, then nothing (body requests).
+    StallHalfway,
+    /// Sends the headers (the full Content-Length) and half the body, then closes (body
+    /// requests).
+    DropHalfway,
+    /// Answers this status (any request).
+    Status(u16),
+}
+
+impl File {
+    fn new(body: Vec<u8>) -> Self {
+        Self {
+            body,
+            short_by: 0,
+            fault: Fault::None,
+            faults_left: 0,
+        }
+    }
+
+    fn faulty(body: Vec<u8>, fault: Fault, times: usize) -> Self {
+        Self {
+            fault,
+            faults_left: times,
+            ..Self::new(body)
+        }
+    }
+}
+
+/// Holds a connection open without sending, for longer than any client timeout in these tests.
+fn stall() {
+    std::thread::sleep(std::time::Duration::from_secs(15));
 }
 
 #[derive(Default)]
@@ -90,7 +134,7 @@ impl Hub {
     }
 
     fn put(&self, repo: &str, revision: &str, file: &str, body: Vec<u8>) {
-        self.put_file(repo, revision, file, File { body, short_by: 0 });
+        self.put_file(repo, revision, file, File::new(body));
     }
 
     fn put_file(&self, repo: &str, revision: &str, file: &str, f: File) {
@@ -159,14 +203,48 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         }
     }
     let key = path.trim_start_matches('/').to_string();
-    let file = {
+    let metadata_request = range.as_deref() == Some("bytes=0-0");
+    let (file, fault) = {
         let mut s = state.lock().unwrap();
         s.log.push(format!(
             "{method} {path} {}",
             range.clone().unwrap_or_default()
         ));
-        s.files.get(&key).cloned()
+        match s.files.get_mut(&key) {
+            None => (None, Fault::None),
+            Some(f) => {
+                let applies = match f.fault {
+                    Fault::None => false,
+                    Fault::StallBeforeAnswer | Fault::Status(_) => true,
+                    Fault::StallHalfway | Fault::DropHalfway => !metadata_request,
+                };
+                let fault = if applies && f.faults_left > 0 {
+                    f.faults_left -= 1;
+                    f.fault
+                } else {
+                    Fault::None
+                };
+                (Some(f.clone()), fault)
+            }
+        }
     };
+    match fault {
+        Fault::StallBeforeAnswer => {
+            stall();
+            return Ok(());
+        }
+        Fault::Status(code) => {
+            let body = b"upstream error";
+            write!(
+                conn,
+                "HTTP/1.1 {code} Server Error\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            conn.write_all(body)?;
+            return Ok(());
+        }
+        _ => {}
+    }
     let Some(file) = file else {
         let body = b"Entry not found";
         write!(
@@ -207,6 +285,14 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         body.len()
     )?;
     if method != "HEAD" {
+        if matches!(fault, Fault::StallHalfway | Fault::DropHalfway) {
+            conn.write_all(&body[..body.len() / 2])?;
+            conn.flush()?;
+            if fault == Fault::StallHalfway {
+                stall();
+            }
+            return Ok(());
+        }
         conn.write_all(body)?;
     }
     conn.flush()
@@ -416,6 +502,7 @@ fn options(endpoint: &str, cache: &Path) -> HubOptions {
         token: None,
         progress: false,
         retries: 0,
+        timeout: std::time::Duration::from_secs(10),
     }
 }
 
@@ -691,8 +778,8 @@ fn corrupt_downloads_are_reported_and_evicted() {
         "main",
         "model.safetensors",
         File {
-            body: weights.clone(),
             short_by: 1000,
+            ..File::new(weights.clone())
         },
     );
     let e = hub::resolve(&format!("hf:{repo}"), &opts).unwrap_err();
@@ -846,4 +933,180 @@ fn command_line_uses_the_hub() {
     let spec =
         kiln_preprocess::TrainingSpec::from_json(&String::from_utf8(out.stdout).unwrap()).unwrap();
     assert_eq!(spec.architecture, "resnet50");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network faults
+
+/// Nothing of `repo` is in the cache but what `allowed` names: no blob, no snapshot entry, no
+/// temporary file.
+fn cache_files(opts: &HubOptions, repo: &str) -> Vec<String> {
+    fn walk(p: &Path, out: &mut Vec<String>) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.is_dir() && !path.is_symlink() {
+                    walk(&path, out);
+                } else {
+                    out.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    let mut out = vec![];
+    walk(
+        &opts
+            .cache_dir
+            .join(format!("models--{}", repo.replace('/', "--"))),
+        &mut out,
+    );
+    out.sort();
+    out
+}
+
+#[test]
+fn network_faults_fail_within_the_timeout_and_leave_the_cache_clean() {
+    let server = Hub::start();
+    let (config, weights) = timm_mnv2_050();
+    let dir = TempDir::new("faults");
+    let mut opts = options(&server.url(), &dir.0);
+    opts.timeout = std::time::Duration::from_secs(1);
+    let cases = [
+        (Fault::StallBeforeAnswer, "sent nothing for 1 s"),
+        (Fault::StallHalfway, "sent nothing for 1 s"),
+        (Fault::DropHalfway, "connection"),
+        (Fault::Status(500), "HTTP 500"),
+        (Fault::Status(503), "HTTP 503"),
+    ];
+    for (i, (fault, needle)) in cases.into_iter().enumerate() {
+        let repo = format!("kiln-test/fault-{i}");
+        server.put(&repo, "main", "config.json", config.clone());
+        server.put_file(
+            &repo,
+            "main",
+            "model.safetensors",
+            File::faulty(weights.clone(), fault, 1),
+        );
+        let t0 = std::time::Instant::now();
+        let e = hub::resolve(&format!("hf:{repo}"), &opts).unwrap_err();
+        let took = t0.elapsed();
+        let msg = e.to_string();
+        println!("{fault:?} after {:.2} s: {msg}", took.as_secs_f64());
+        assert!(
+            msg.contains(&format!("hf:{repo}"))
+                && msg.contains("model.safetensors")
+                && msg.contains(needle),
+            "{fault:?}: {msg}"
+        );
+        assert!(
+            matches!(e, HubError::Download { .. } | HubError::Corrupt { .. }),
+            "{fault:?}: {e:?}"
+        );
+        // Well under the server's 15 s stall: the timeout, not the server, ended it.
+        assert!(took.as_secs_f64() < 6.0, "{fault:?} took {took:?}");
+        // The config arrived; of the weights nothing is left, not even a partial file.
+        let left = cache_files(&opts, &repo);
+        assert!(
+            left.iter().all(|f| !f.contains("model.safetensors")
+                && !f.contains("incomplete")
+                && !f.ends_with(".part")),
+            "{fault:?}: {left:?}"
+        );
+        let blobs = left.iter().filter(|f| f.contains("/blobs/")).count();
+        assert_eq!(blobs, 1, "{fault:?}: only config.json's blob: {left:?}");
+        // The next attempt, with the server well again, succeeds.
+        let m = hub::resolve(&format!("hf:{repo}"), &opts).unwrap();
+        assert_eq!(m.downloaded, vec!["model.safetensors"], "{fault:?}");
+        classify(&m);
+    }
+}
+
+#[test]
+fn retries_resume_a_broken_download_and_outlast_server_errors() {
+    let server = Hub::start();
+    let (config, weights) = timm_mnv2_050();
+    let dir = TempDir::new("resume");
+    let mut opts = options(&server.url(), &dir.0);
+    opts.timeout = std::time::Duration::from_secs(1);
+    opts.retries = 2;
+    let repo = "kiln-test/resume";
+    server.put(repo, "main", "config.json", config.clone());
+    server.put_file(
+        repo,
+        "main",
+        "model.safetensors",
+        File::faulty(weights.clone(), Fault::DropHalfway, 1),
+    );
+    let m = hub::resolve(&format!("hf:{repo}"), &opts).unwrap();
+    classify(&m);
+    // The second body request asked for the rest only.
+    let half = weights.len() / 2;
+    let log = server.log();
+    assert!(
+        log.iter()
+            .any(|l| l.ends_with(&format!("model.safetensors bytes={half}-"))),
+        "{log:?}"
+    );
+    let snapshot = opts
+        .cache_dir
+        .join("models--kiln-test--resume/snapshots")
+        .join(commit_for(repo))
+        .join("model.safetensors");
+    assert!(std::fs::read(snapshot).unwrap() == weights);
+
+    // Two 503s, then the file: within retries 2.
+    let repo = "kiln-test/flaky";
+    server.put(repo, "main", "config.json", config.clone());
+    server.put_file(
+        repo,
+        "main",
+        "model.safetensors",
+        File::faulty(weights.clone(), Fault::Status(503), 2),
+    );
+    classify(&hub::resolve(&format!("hf:{repo}"), &opts).unwrap());
+
+    // A stall every time: the error says how often it was tried.
+    let repo = "kiln-test/stalled";
+    server.put(repo, "main", "config.json", config);
+    server.put_file(
+        repo,
+        "main",
+        "model.safetensors",
+        File::faulty(weights, Fault::StallHalfway, 3),
+    );
+    let msg = hub::resolve(&format!("hf:{repo}"), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("sent nothing for 1 s") && msg.contains("after 2 retries"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_timeout_comes_from_kiln_hub_timeout() {
+    let env = |v: Option<&'static str>| {
+        move |k: &str| match (k, v) {
+            ("KILN_HUB_TIMEOUT", Some(v)) => Some(v.to_string()),
+            ("HOME", _) => Some("/home/u".to_string()),
+            _ => None,
+        }
+    };
+    let secs = |v| HubOptions::from_lookup(env(v)).timeout.as_secs_f64();
+    assert_eq!(secs(None), hub::DEFAULT_TIMEOUT_S);
+    assert_eq!(secs(Some("2.5")), 2.5);
+    assert_eq!(secs(Some(" 120 ")), 120.0);
+    for bad in ["0", "-1", "soon", "inf", "NaN"] {
+        assert_eq!(secs(Some(bad)), 0.0, "{bad}");
+    }
+    // Zero (a malformed value) is refused before any request, naming the variable.
+    let server = Hub::start();
+    let dir = TempDir::new("timeout-zero");
+    let mut opts = options(&server.url(), &dir.0);
+    opts.timeout = std::time::Duration::ZERO;
+    let msg = hub::resolve("hf:kiln-test/any", &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("KILN_HUB_TIMEOUT"), "{msg}");
+    assert!(server.log().is_empty());
 }

@@ -1769,6 +1769,117 @@ mod tests {
         }
     }
 
+    /// google/mobilenet_v2_1.0_224's config.json, labels cut to three.
+    const HF_MNV2_CFG: &str = r#"{
+        "architectures": ["MobileNetV2ForImageClassification"],
+        "classifier_dropout_prob": 0.8,
+        "depth_divisible_by": 8,
+        "depth_multiplier": 1.0,
+        "expand_ratio": 6.0,
+        "finegrained_output": true,
+        "first_layer_is_expansion": true,
+        "hidden_act": "relu6",
+        "id2label": {"0": "background", "1": "tench, Tinca tinca", "2": "goldfish"},
+        "image_size": 224,
+        "layer_norm_eps": 0.001,
+        "min_depth": 8,
+        "model_type": "mobilenet_v2",
+        "num_channels": 3,
+        "output_stride": 32,
+        "tf_padding": true,
+        "transformers_version": "4.27.0.dev0"
+    }"#;
+
+    const HF_MNV2_PRE: &str = r#"{
+        "crop_pct": 0.875, "crop_size": {"height": 224, "width": 224}, "do_center_crop": true,
+        "do_normalize": true, "do_rescale": true, "do_resize": true,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        "image_processor_type": "MobileNetV2ImageProcessor", "resample": 2,
+        "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 256}
+    }"#;
+
+    #[test]
+    fn hf_mobilenet_v2_configs() {
+        let h = spec_from_hf(HF_MNV2_PRE, HF_MNV2_CFG).unwrap();
+        assert_eq!(h.keys, KeyConvention::TransformersMobileNetV2);
+        assert_eq!(h.spec.architecture, "mobilenet_v2");
+        assert_eq!(h.spec.num_classes, 3);
+        assert_eq!(h.spec.param_f64("width_mult"), Some(1.0));
+        assert_eq!(h.spec.param_f64("tf_padding"), Some(1.0));
+        assert_eq!(h.spec.param_f64("bn_eps"), Some(0.001));
+        assert_eq!(h.labels.as_ref().unwrap()[0], "background");
+        // Written by transformers 4: the PIL processor.
+        assert_eq!(h.spec.pipeline, Pipeline::TransformersPil);
+        // The multipliers Google published all have torchvision's channels.
+        for dm in ["0.35", "0.5", "0.75", "1.4"] {
+            let cfg = HF_MNV2_CFG.replace(
+                "\"depth_multiplier\": 1.0",
+                &format!("\"depth_multiplier\": {dm}"),
+            );
+            let h = spec_from_hf(HF_MNV2_PRE, &cfg).unwrap();
+            assert_eq!(h.spec.param_f64("width_mult"), Some(dm.parse().unwrap()));
+        }
+        let cfg = HF_MNV2_CFG.replace("\"tf_padding\": true", "\"tf_padding\": false");
+        let h = spec_from_hf(HF_MNV2_PRE, &cfg).unwrap();
+        assert_eq!(h.spec.param_f64("tf_padding"), Some(0.0));
+        let refused = [
+            (
+                "\"first_layer_is_expansion\": true",
+                "\"first_layer_is_expansion\": false",
+                "first_layer_is_expansion",
+            ),
+            (
+                "\"output_stride\": 32",
+                "\"output_stride\": 16",
+                "output_stride",
+            ),
+            (
+                "\"expand_ratio\": 6.0",
+                "\"expand_ratio\": 4.0",
+                "expand_ratio",
+            ),
+            (
+                "\"hidden_act\": \"relu6\"",
+                "\"hidden_act\": \"relu\"",
+                "hidden_act",
+            ),
+            ("\"num_channels\": 3", "\"num_channels\": 1", "num_channels"),
+            // transformers rounds 16·1.1 to 24 channels, torchvision to 16.
+            (
+                "\"depth_multiplier\": 1.0",
+                "\"depth_multiplier\": 1.1",
+                "depth_multiplier",
+            ),
+            ("\"min_depth\": 8", "\"min_depth\": 32", "depth_multiplier"),
+            (
+                "\"depth_divisible_by\": 8",
+                "\"depth_divisible_by\": 4",
+                "depth_divisible_by",
+            ),
+        ];
+        for (from, to, needle) in refused {
+            let cfg = HF_MNV2_CFG.replace(from, to);
+            assert_ne!(cfg, HF_MNV2_CFG, "{from}");
+            let e = spec_from_hf(HF_MNV2_PRE, &cfg).unwrap_err().to_string();
+            assert!(
+                e.contains(needle) && e.contains("config.json"),
+                "{needle}: {e}"
+            );
+        }
+        // finegrained_output false below 1.0 narrows the head below torchvision's 1280.
+        let cfg = HF_MNV2_CFG
+            .replace(
+                "\"finegrained_output\": true",
+                "\"finegrained_output\": false",
+            )
+            .replace("\"depth_multiplier\": 1.0", "\"depth_multiplier\": 0.5");
+        let e = spec_from_hf(HF_MNV2_PRE, &cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("finegrained_output") && e.contains("1280"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn reads_files_side_by_side() {
         let dir = std::env::temp_dir().join(format!("kiln-hubspec-{}", std::process::id()));

@@ -5,7 +5,9 @@
 //! client, into the standard Hugging Face cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
 //! `~/.cache/huggingface/hub`, shared with Python's `huggingface_hub`). A file already in the
 //! cache is used without any network access; with `HF_HUB_OFFLINE=1` only the cache is used.
-//! `HF_ENDPOINT` points it at another hub (a mirror, or a test server).
+//! `HF_ENDPOINT` points it at another hub (a mirror, or a test server). Downloads (see
+//! [`crate::hub_http`]) give up when the hub sends nothing for `KILN_HUB_TIMEOUT` seconds
+//! (default [`DEFAULT_TIMEOUT_S`]), and leave nothing partial in the cache.
 //!
 //! The configs become a [`TrainingSpec`] (see [`kiln_preprocess::hubspec`]), and the
 //! checkpoint's tensors are renamed to torchvision's names where the hub's differ (timm's
@@ -20,8 +22,6 @@
 //! # Ok(()) }
 //! ```
 
-use hf_hub::api::sync::{ApiBuilder, ApiError};
-use hf_hub::api::Progress;
 use hf_hub::{Cache, Repo, RepoType};
 use indicatif::ProgressBar;
 use kiln_preprocess::hubspec::{self, HfBackend, HubFormat, HubSpec, KeyConvention};
@@ -29,8 +29,9 @@ use kiln_preprocess::{SpecError, TrainingSpec};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use crate::hub_http::{self, Failure};
 use crate::ClassifierBuilder;
 
 /// The prefix that marks a hub model reference.
@@ -43,6 +44,10 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 /// The transformers image-processor config.
 pub const PREPROCESSOR_FILE: &str = "preprocessor_config.json";
+/// Seconds without a byte from the hub before a download fails, unless `KILN_HUB_TIMEOUT` says.
+pub const DEFAULT_TIMEOUT_S: f64 = 60.0;
+/// The variable that sets [`HubOptions::timeout`] (seconds, a positive number).
+pub const TIMEOUT_VAR: &str = "KILN_HUB_TIMEOUT";
 
 /// Where and how to reach the hub. [`HubOptions::from_env`] reads the variables Python's
 /// `huggingface_hub` reads; tests and embedders set the fields directly.
@@ -59,8 +64,14 @@ pub struct HubOptions {
     pub token: Option<String>,
     /// Draw a progress bar on stderr while downloading (off unless set).
     pub progress: bool,
-    /// How many times an interrupted download is resumed before giving up.
+    /// How many times a failed request (server error, stall, broken connection) is tried again,
+    /// resuming a body where it stopped, before giving up.
     pub retries: usize,
+    /// How long the hub may send nothing (connecting, answering, or in the middle of a body)
+    /// before the download fails (`KILN_HUB_TIMEOUT` seconds, default [`DEFAULT_TIMEOUT_S`]).
+    /// Not a limit on the whole download. Zero is refused when downloading; a malformed
+    /// `KILN_HUB_TIMEOUT` reads as zero, so that it is reported rather than ignored.
+    pub timeout: Duration,
 }
 
 impl Default for HubOptions {
@@ -111,6 +122,10 @@ impl HubOptions {
             token,
             progress: false,
             retries: 2,
+            timeout: match var(TIMEOUT_VAR) {
+                None => Duration::from_secs_f64(DEFAULT_TIMEOUT_S),
+                Some(v) => parse_timeout(&v).unwrap_or(Duration::ZERO),
+            },
         }
     }
 
@@ -118,6 +133,15 @@ impl HubOptions {
     pub fn derived_dir(&self) -> PathBuf {
         self.cache_dir.join("kiln")
     }
+}
+
+/// Seconds (a positive, finite number, at most a day) as a [`Duration`].
+fn parse_timeout(v: &str) -> Option<Duration> {
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+        .map(Duration::from_secs_f64)
 }
 
 /// A parsed `hf:OWNER/REPO[@REVISION]`.
@@ -344,28 +368,23 @@ impl HubModel {
     }
 }
 
-/// Download progress: remembers the size the hub announced (to catch short downloads) and
-/// optionally draws a bar.
-struct Tracker {
-    expected: Arc<Mutex<Option<usize>>>,
-    bar: Option<ProgressBar>,
-}
+/// Download progress on stderr, when asked for.
+struct Bar(Option<ProgressBar>);
 
-impl Progress for Tracker {
-    fn init(&mut self, size: usize, filename: &str) {
-        *self.expected.lock().expect("not poisoned") = Some(size);
-        if let Some(b) = &mut self.bar {
-            Progress::init(b, size, filename);
+impl hub_http::Progress for Bar {
+    fn init(&mut self, size: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(size);
         }
     }
-    fn update(&mut self, size: usize) {
-        if let Some(b) = &mut self.bar {
-            Progress::update(b, size);
+    fn update(&mut self, done: u64) {
+        if let Some(b) = &self.0 {
+            b.set_position(done);
         }
     }
     fn finish(&mut self) {
-        if let Some(b) = &mut self.bar {
-            Progress::finish(b);
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
         }
     }
 }
@@ -373,7 +392,7 @@ impl Progress for Tracker {
 struct Fetcher<'a> {
     r: &'a HubRef,
     opts: &'a HubOptions,
-    api: Option<hf_hub::api::sync::Api>,
+    client: Option<hub_http::Client>,
     downloaded: Vec<String>,
 }
 
@@ -385,26 +404,32 @@ struct Fetched {
 
 impl<'a> Fetcher<'a> {
     fn new(r: &'a HubRef, opts: &'a HubOptions) -> Result<Self, HubError> {
-        let api = if opts.offline {
+        let client = if opts.offline {
             None
         } else {
-            let b = ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
-                .with_endpoint(opts.endpoint.clone())
-                .with_token(opts.token.clone())
-                .with_progress(false)
-                .with_retries(opts.retries)
-                .with_user_agent("kiln", env!("CARGO_PKG_VERSION"));
-            Some(b.build().map_err(|e| HubError::Download {
-                repo: r.to_string(),
-                file: CONFIG_FILE.to_string(),
-                endpoint: opts.endpoint.clone(),
-                reason: e.to_string(),
-            })?)
+            if opts.timeout.is_zero() {
+                return Err(HubError::Download {
+                    repo: r.to_string(),
+                    file: CONFIG_FILE.to_string(),
+                    endpoint: opts.endpoint.clone(),
+                    reason: format!(
+                        "the hub timeout is zero: {TIMEOUT_VAR} must be a positive number of \
+                         seconds (it is {:?})",
+                        std::env::var(TIMEOUT_VAR).unwrap_or_default()
+                    ),
+                });
+            }
+            Some(hub_http::Client::new(
+                opts.token.clone(),
+                opts.timeout,
+                opts.retries,
+                format!("kiln/{}", env!("CARGO_PKG_VERSION")),
+            ))
         };
         Ok(Self {
             r,
             opts,
-            api,
+            client,
             downloaded: vec![],
         })
     }
@@ -423,29 +448,34 @@ impl<'a> Fetcher<'a> {
                 expected: None,
             });
         }
-        let Some(api) = &self.api else {
+        let Some(client) = &self.client else {
             return Err(HubError::NotCached {
                 repo: self.r.to_string(),
                 file: file.to_string(),
                 cache: self.opts.cache_dir.display().to_string(),
             });
         };
-        let expected = Arc::new(Mutex::new(None));
-        let tracker = Tracker {
-            expected: expected.clone(),
-            bar: self.opts.progress.then(|| ProgressBar::new(0)),
-        };
+        let mut bar = Bar(self.opts.progress.then(|| ProgressBar::new(0)));
         tracing::debug!(repo = %self.r, file, endpoint = %self.opts.endpoint, "hub download");
-        let path = api
-            .repo(self.r.repo())
-            .download_with_progress(file, tracker)
-            .map_err(|e| self.api_error(file, hint, e))?;
+        let cache = Cache::new(self.opts.cache_dir.clone()).repo(self.r.repo());
+        let d = client
+            .download(
+                &self.opts.endpoint,
+                &self.r.repo_id,
+                &self.r.revision,
+                file,
+                &cache,
+                &mut bar,
+            )
+            .map_err(|e| self.failure(file, hint, e))?;
         self.downloaded.push(file.to_string());
-        let expected = *expected.lock().expect("not poisoned");
-        Ok(Fetched { path, expected })
+        Ok(Fetched {
+            path: d.path,
+            expected: usize::try_from(d.size).ok(),
+        })
     }
 
-    fn api_error(&self, file: &str, hint: &str, e: ApiError) -> HubError {
+    fn failure(&self, file: &str, hint: &str, e: Failure) -> HubError {
         let repo = self.r.to_string();
         let endpoint = self.opts.endpoint.clone();
         let download = |reason: String| HubError::Download {
@@ -454,34 +484,51 @@ impl<'a> Fetcher<'a> {
             endpoint: endpoint.clone(),
             reason,
         };
+        let retried = if self.opts.retries > 0 {
+            format!(" (after {} retries)", self.opts.retries)
+        } else {
+            String::new()
+        };
         match e {
-            ApiError::RequestError(err) => match *err {
-                ureq::Error::StatusCode(404) => HubError::NotFound {
-                    repo,
-                    file: file.to_string(),
-                    endpoint,
-                    hint: hint.to_string(),
-                },
-                ureq::Error::StatusCode(s @ (401 | 403)) => HubError::Denied {
-                    repo,
-                    file: file.to_string(),
-                    endpoint,
-                    status: s,
-                },
-                ureq::Error::StatusCode(s) => download(format!("the hub answered HTTP {s}")),
-                e @ (ureq::Error::Io(_)
-                | ureq::Error::ConnectionFailed
-                | ureq::Error::HostNotFound
-                | ureq::Error::Timeout(_)) => download(format!(
-                    "cannot reach the hub ({e}); files already in the cache need no network, and \
-                     HF_HUB_OFFLINE=1 uses only the cache"
-                )),
-                other => download(other.to_string()),
+            Failure::Status(404) => HubError::NotFound {
+                repo,
+                file: file.to_string(),
+                endpoint,
+                hint: hint.to_string(),
             },
-            ApiError::MissingHeader(h) => download(format!(
-                "the response has no `{h}` header, which a Hugging Face hub sends; is {endpoint} a hub?"
+            Failure::Status(s @ (401 | 403)) => HubError::Denied {
+                repo,
+                file: file.to_string(),
+                endpoint,
+                status: s,
+            },
+            Failure::Status(s) if s >= 500 => download(format!(
+                "the hub answered HTTP {s} (a server error){retried}; nothing was stored, try \
+                 again later"
             )),
-            other => download(other.to_string()),
+            Failure::Status(s) => download(format!("the hub answered HTTP {s}")),
+            Failure::Timeout(t) => download(format!(
+                "the hub sent nothing for {} s{retried} ({TIMEOUT_VAR} sets the limit); nothing \
+                 was stored, so the next run starts afresh",
+                t.as_secs_f64()
+            )),
+            Failure::Network(why) => download(format!(
+                "cannot reach the hub, or the connection broke ({why}){retried}; files already in \
+                 the cache need no network, and HF_HUB_OFFLINE=1 uses only the cache"
+            )),
+            Failure::Incomplete { got, size } => HubError::Corrupt {
+                repo,
+                file: file.to_string(),
+                reason: format!(
+                    "{got} bytes arrived but the hub announced {size} (truncated download: the \
+                     connection ended early{retried})"
+                ),
+            },
+            Failure::Protocol(why) => download(format!("{why}; is {endpoint} a hub?")),
+            Failure::Io(path, e) => HubError::Io {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            },
         }
     }
 
@@ -1063,6 +1110,51 @@ mod tests {
                 torchvision_name(KeyConvention::TransformersResNet, bad).is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn transformers_mobilenet_v2_maps_exactly_onto_torchvision() {
+        // The names and shapes transformers 5.24 gives MobileNetV2ForImageClassification's
+        // default config (1001 classes), as make_hf_fixtures.py recorded them, against the
+        // shipped torchvision MobileNetV2 (1000 classes).
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/hf/mobilenet_v2_default_1001/weights.json");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let mut got: Vec<(String, Vec<usize>)> = v["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let name = t["name"].as_str().unwrap();
+                let mut shape: Vec<usize> = t["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect();
+                let m = torchvision_name(KeyConvention::TransformersMobileNetV2, name)
+                    .unwrap()
+                    .unwrap();
+                if m.starts_with("classifier") {
+                    assert_eq!(shape[0], 1001);
+                    shape[0] = 1000;
+                }
+                (m, shape)
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, shipped_header("mobilenet_v2"));
+        for bad in [
+            "mobilenet_v2.conv_stem.expand_1x1.convolution.weight",
+            "mobilenet_v2.layer.16.conv_3x3.convolution.weight",
+            "mobilenet_v2.layer.3.conv_3x3.convolution.bias",
+            "mobilenet_v2.conv_1x1.normalization.foo",
+            "segmentation_head.conv_aspp.convolution.weight",
+        ] {
+            let e = torchvision_name(KeyConvention::TransformersMobileNetV2, bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
         }
     }
 

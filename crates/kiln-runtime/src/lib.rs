@@ -16,6 +16,7 @@ pub mod cam;
 pub mod classifier;
 pub mod device;
 pub mod hub;
+mod hub_http;
 pub mod labels;
 pub mod pth;
 pub mod render;
