@@ -7,6 +7,7 @@ What it makes
 
     resnet18 resnet34 resnet50 resnet101 resnet152 wide_resnet50_2 resnext50_32x4d
     mobilenet_v2_w050 mobilenet_v2_w075 mobilenet_v2_w100 mobilenet_v2_w140
+    mobilenet_v3_small mobilenet_v3_large
 
 Each is a torchvision model (``weights=None``, 1000 classes) whose every floating tensor is
 overwritten with values from the deterministic "kiln-fixture-v1" recipe below, run in eval mode on
@@ -46,8 +47,8 @@ For a tensor (or input) called ``name`` with recorded float32 constants ``(a, b)
 
 * weights with ndim >= 2: a = 0, b = f32(sqrt(6 / fan_in)), fan_in = prod(shape[1:])
 * 1-D ``*.weight`` (BN gamma): a = 1, b = 0.25, except the last BN of each residual branch
-  (ResNet ``layerX.Y.bn3`` / ``bn2`` for BasicBlock; MobileNetV2 residual InvertedResidual's final
-  BN): a = 0.2, b = 0.05
+  (ResNet ``layerX.Y.bn3`` / ``bn2`` for BasicBlock; MobileNetV2 / MobileNetV3 residual
+  InvertedResidual's final BN): a = 0.2, b = 0.05
 * 1-D ``*.bias``: a = 0, b = 0.1;  ``*.running_mean``: a = 0, b = 0.1;  ``*.running_var``: a = 1, b = 0.5
 * inputs ``input/224x224`` and ``input/160x200``: a = 0, b = 1
 """
@@ -140,6 +141,7 @@ def f32(x: float) -> float:
 def residual_final_bns(model: torch.nn.Module) -> set[str]:
     """Module names of the last BatchNorm of every residual branch, found from the structure."""
     from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
     out = set()
@@ -152,6 +154,9 @@ def residual_final_bns(model: torch.nn.Module) -> set[str]:
             last = m.conv[-1]
             assert isinstance(last, torch.nn.BatchNorm2d), mname
             out.add(f"{mname}.conv.{len(m.conv) - 1}")
+        elif isinstance(m, InvertedResidualV3) and m.use_res_connect:
+            # The projection, a Conv2dNormActivation: its BatchNorm is `.1`.
+            out.add(f"{mname}.block.{len(m.block) - 1}.1")
     for n in out:
         assert isinstance(model.get_submodule(n), torch.nn.BatchNorm2d), n
     return out
@@ -210,6 +215,9 @@ def fixtures() -> dict[str, tuple[str, dict]]:
     ]}
     for w, tag in [(0.5, "050"), (0.75, "075"), (1.0, "100"), (1.4, "140")]:
         out[f"mobilenet_v2_w{tag}"] = ("mobilenet_v2", {"width_mult": w})
+    # Hard-swish, squeeze-excite with hard-sigmoid, a two-layer classifier.
+    for arch in ("mobilenet_v3_small", "mobilenet_v3_large"):
+        out[arch] = (arch, {})
     return out
 
 

@@ -394,7 +394,7 @@ fn timm_config(arch: &str) -> Vec<u8> {
 }
 
 fn timm_mnv2_050() -> (Vec<u8>, Vec<u8>) {
-    let layout = hub::timm_mobilenet_v2_layout(0.5, 10);
+    let layout = kiln_models::mobilenet_v2::timm_layout(0.5, 10);
     assert!(layout
         .iter()
         .any(|(k, _)| k == "blocks.6.0.conv_pwl.weight"));

@@ -313,6 +313,8 @@ parity_tests!(
     mobilenet_v2_w075,
     mobilenet_v2_w100,
     mobilenet_v2_w140,
+    mobilenet_v3_small,
+    mobilenet_v3_large,
 );
 
 /// Batches take other paths with several threads (ResNet: the early stages one image per
@@ -427,6 +429,31 @@ fn resnet18_perturbed_weight_is_detected() {
         !agreement.failures.is_empty(),
         "a 0.1% weight change went unnoticed: {agreement:?}"
     );
+}
+
+/// The MobileNetV3 comparison is not vacuous either: scaling one squeeze-excite gate's weights
+/// (small) and one hard-swish block's depthwise weights (large) by 1.02 is caught. Their recipe
+/// logits are small (|torch| < 0.5), so the 0.1% of the ResNet-18 check moves them by only
+/// ~1e-5, under the shared tolerance; kiln's own difference is below 1e-6.
+#[test]
+fn mobilenet_v3_perturbed_weights_are_detected() {
+    for (name, tensor) in [
+        ("mobilenet_v3_small", "features.9.block.2.fc2.weight"),
+        ("mobilenet_v3_large", "features.8.block.1.0.weight"),
+    ] {
+        let agreement = run_parity(name, &format!("{name} perturbed"), |m| {
+            let e = m
+                .tensors
+                .iter_mut()
+                .find(|e| e.name == tensor)
+                .expect("tensor");
+            e.b *= 1.02;
+        });
+        assert!(
+            !agreement.failures.is_empty(),
+            "{name}: a 2% change of {tensor} went unnoticed: {agreement:?}"
+        );
+    }
 }
 
 /// A user's own fine-tuned ResNet through the command line: weights without an embedded spec,

@@ -22,7 +22,42 @@ use candle_nn::VarBuilder;
 
 use crate::layers::{Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear, MobileTrunk};
 use crate::mobilenet_v2::make_divisible;
+use crate::registry::{no_params, Family, Variant};
 use crate::{Features, ImageModel};
+
+/// A variant: its registry name and its [`EfficientNetLiteConfig`].
+macro_rules! variant {
+    ($name:literal, $cfg:ident) => {
+        Variant {
+            name: $name,
+            build: |vb, _| {
+                Ok(Box::new(EfficientNetLite::load(
+                    vb,
+                    EfficientNetLiteConfig::$cfg,
+                )?))
+            },
+        }
+    };
+}
+
+/// Everything kiln knows about this family (TensorFlow-trained, efficientnet_pytorch key
+/// names); collected by [`crate::registry`].
+pub static FAMILY: Family = Family {
+    name: "efficientnet_lite",
+    stem_key: "_conv_stem.weight",
+    classifier: "_fc",
+    params: &[],
+    check: no_params,
+    preset: kiln_preprocess::Preset::TfEfficientNetLite,
+    variants: &[
+        variant!("efficientnet_lite0", LITE0),
+        variant!("efficientnet_lite1", LITE1),
+        variant!("efficientnet_lite2", LITE2),
+        variant!("efficientnet_lite3", LITE3),
+        variant!("efficientnet_lite4", LITE4),
+    ],
+    key_maps: &[],
+};
 
 /// TensorFlow's batch-norm epsilon for EfficientNet.
 const BN_EPS: f64 = 1e-3;
@@ -251,8 +286,8 @@ impl ImageModel for EfficientNetLite {
         })
     }
 
-    fn classifier(&self) -> &Linear {
-        &self.classifier
+    fn classifier(&self) -> Option<&Linear> {
+        Some(&self.classifier)
     }
 }
 

@@ -1,20 +1,23 @@
 //! Image-classification architectures for kiln, in candle, with torchvision's key names.
 //!
 //! One file per family; each exposes a builder over a [`VarBuilder`] scoped to the checkpoint's
-//! key names. [`registry`] maps names such as `mobilenet_v2` or `resnet50` to builders, so a new
-//! architecture is one file plus one registry entry.
+//! key names, and declares everything about its family in one [`Family`] (`FAMILY`): variants,
+//! parameters, checkpoint keys, classifier, default spec, hub names. [`registry`] only collects
+//! them, so a new architecture is one file plus one registry line.
 
 #![warn(missing_docs)]
 
 pub mod efficientnet_lite;
 pub mod gpu_ops;
+pub mod keymap;
 pub mod layers;
 pub mod mobilenet_v2;
+pub mod mobilenet_v3;
 pub mod registry;
 pub mod resnet;
 
 pub use candle_nn::VarBuilder;
-pub use registry::{build, find, ArchEntry, ArchParams, ARCHITECTURES};
+pub use registry::{architectures, build, find, key_map, ArchEntry, ArchParams, Family, FAMILIES};
 
 use candle_core::{Result, Tensor};
 
@@ -49,8 +52,10 @@ pub trait ImageModel: Send + Sync {
     /// [`ImageModel::forward`] stays the fast path: there, on the CPU, the pooling is fused
     /// into the last convolution and the maps never exist as a whole.
     fn forward_features(&self, x: &Tensor) -> Result<Features>;
-    /// The final linear layer, applied to the pooled [`Features::maps`].
-    fn classifier(&self) -> &layers::Linear;
+    /// The final linear layer, applied to the pooled [`Features::maps`]; `None` where the head
+    /// is not one linear layer (MobileNetV3: two, with a hard-swish between), so the logits are
+    /// not linear in the pooled maps and class activation maps do not exist.
+    fn classifier(&self) -> Option<&layers::Linear>;
     /// [`ImageModel::forward_features`] with the threads of the current rayon pool spread over
     /// the batch, as [`ImageModel::forward_batch`]; the same result.
     fn forward_features_batch(&self, x: &Tensor) -> Result<Features> {
@@ -80,6 +85,12 @@ pub enum ModelError {
         value: String,
         /// What would be valid.
         expected: String,
+    },
+    /// Class activation maps were asked of a model whose head is not one linear layer.
+    #[error("`{arch}` has no single linear classifier after its pooling: class activation maps need one")]
+    NoLinearHead {
+        /// The architecture.
+        arch: String,
     },
     /// The weights do not fit the architecture (missing key, wrong shape, ...).
     #[error("weights do not fit `{arch}`: {error}")]

@@ -10,8 +10,83 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
+use kiln_preprocess::Preset;
+
+use crate::keymap::{split_param, KeyConvention, KeyMap, BN_PARAMS};
 use crate::layers::{Act, ConvBn, ConvGeom, DwPadding, InvertedResidual, Linear, MobileTrunk};
+use crate::registry::{param, ArchParams, Family, Variant};
 use crate::{Features, ImageModel};
+
+/// Everything kiln knows about this family; collected by [`crate::registry`].
+pub static FAMILY: Family = Family {
+    name: "mobilenet_v2",
+    stem_key: "features.0.0.weight",
+    classifier: "classifier.1",
+    // tf_padding (0/1) and bn_eps: transformers' MobileNetV2 (TensorFlow-ported).
+    params: &[("width_mult", 1.0), ("tf_padding", 0.0), ("bn_eps", BN_EPS)],
+    check: check_params,
+    preset: Preset::TorchvisionImagenet,
+    variants: &[Variant {
+        name: "mobilenet_v2",
+        build: |vb, p| {
+            let o = MobileNetV2Options {
+                width_mult: param(p, "width_mult", 1.0),
+                tf_padding: param(p, "tf_padding", 0.0) != 0.0,
+                bn_eps: param(p, "bn_eps", BN_EPS),
+            };
+            Ok(Box::new(MobileNetV2::load_with(vb, &o)?))
+        },
+    }],
+    key_maps: &[
+        KeyMap {
+            convention: KeyConvention::TimmMobileNetV2,
+            label: "timm MobileNetV2",
+            expected: "conv_stem, bn1, blocks.S.B.{conv_pw,bn1,conv_dw,bn2,conv_pwl,bn3}, conv_head, bn2, classifier",
+            rename: timm_key,
+        },
+        KeyMap {
+            convention: KeyConvention::TransformersMobileNetV2,
+            label: "transformers MobileNetV2",
+            expected: "mobilenet_v2.conv_stem.{first_conv,conv_3x3,reduce_1x1}.*, mobilenet_v2.layer.I.{expand_1x1,conv_3x3,reduce_1x1}.*, mobilenet_v2.conv_1x1.*, classifier",
+            rename: transformers_key,
+        },
+    ],
+};
+
+/// The MobileNets' `width_mult` check (also MobileNetV3's [`Family::check`]).
+pub fn check_width_mult(p: &ArchParams) -> std::result::Result<(), (String, f64, String)> {
+    let w = param(p, "width_mult", 1.0);
+    if w > 0.0 && w <= 4.0 {
+        Ok(())
+    } else {
+        Err((
+            "width_mult".into(),
+            w,
+            "0 < width_mult <= 4 (torchvision publishes 0.5, 0.75, 1.0, 1.4)".into(),
+        ))
+    }
+}
+
+fn check_params(p: &ArchParams) -> std::result::Result<(), (String, f64, String)> {
+    check_width_mult(p)?;
+    let t = param(p, "tf_padding", 0.0);
+    if t != 0.0 && t != 1.0 {
+        return Err((
+            "tf_padding".into(),
+            t,
+            "0 (torchvision's padding) or 1 (TensorFlow's \"SAME\")".into(),
+        ));
+    }
+    let eps = param(p, "bn_eps", BN_EPS);
+    if !(eps > 0.0 && eps < 1.0) {
+        return Err((
+            "bn_eps".into(),
+            eps,
+            "a batch-norm epsilon, 0 < bn_eps < 1".into(),
+        ));
+    }
+    Ok(())
+}
 
 /// torchvision's batch-norm epsilon for MobileNetV2.
 const BN_EPS: f64 = 1e-5;
@@ -210,9 +285,163 @@ impl ImageModel for MobileNetV2 {
         })
     }
 
-    fn classifier(&self) -> &Linear {
-        &self.classifier
+    fn classifier(&self) -> Option<&Linear> {
+        Some(&self.classifier)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other libraries' names for this network
+
+/// The index of the head conv in `features` (after the stem and every block).
+const HEAD_INDEX: usize = 1 + {
+    let mut n = 0;
+    let mut i = 0;
+    while i < STAGES.len() {
+        n += STAGES[i].2;
+        i += 1;
+    }
+    n
+};
+
+/// timm MobileNetV2 name → torchvision name, `None` for a name timm's MobileNetV2 does not have.
+///
+/// `conv_stem`/`bn1` → `features.0.0/1`; `blocks.0.0` (depthwise-separable: `conv_dw`, `bn1`,
+/// `conv_pw`, `bn2`) → `features.1.conv.0.0`, `.0.1`, `.1`, `.2`; `blocks.S.B` (inverted
+/// residual: `conv_pw`, `bn1`, `conv_dw`, `bn2`, `conv_pwl`, `bn3`) → `features.N.conv.0.0`,
+/// `.0.1`, `.1.0`, `.1.1`, `.2`, `.3` with `N = 1 + blocks before it`; `conv_head`/`bn2` →
+/// `features.18.0/1`; `classifier` → `classifier.1`.
+pub fn timm_key(name: &str) -> Option<String> {
+    let (module, param) = split_param(name)?;
+    let is_bn = |m: &str| m.starts_with("bn") && BN_PARAMS.contains(&param);
+    let is_conv = param == "weight";
+    let top = match module {
+        "conv_stem" if is_conv => Some("features.0.0".to_string()),
+        "bn1" if is_bn("bn1") => Some("features.0.1".to_string()),
+        "conv_head" if is_conv => Some(format!("features.{HEAD_INDEX}.0")),
+        "bn2" if is_bn("bn2") => Some(format!("features.{HEAD_INDEX}.1")),
+        "classifier" if param == "weight" || param == "bias" => Some("classifier.1".to_string()),
+        _ => None,
+    };
+    if let Some(t) = top {
+        return Some(format!("{t}.{param}"));
+    }
+    let rest = module.strip_prefix("blocks.")?;
+    let mut it = rest.split('.');
+    let stage: usize = it.next()?.parse().ok()?;
+    let block: usize = it.next()?.parse().ok()?;
+    let layer = it.next()?;
+    if it.next().is_some() || stage >= STAGES.len() || block >= STAGES[stage].2 {
+        return None;
+    }
+    let index = 1 + STAGES[..stage].iter().map(|s| s.2).sum::<usize>() + block;
+    let mapped = match (stage == 0, layer) {
+        (true, "conv_dw") if is_conv => "conv.0.0",
+        (true, "bn1") if is_bn(layer) => "conv.0.1",
+        (true, "conv_pw") if is_conv => "conv.1",
+        (true, "bn2") if is_bn(layer) => "conv.2",
+        (false, "conv_pw") if is_conv => "conv.0.0",
+        (false, "bn1") if is_bn(layer) => "conv.0.1",
+        (false, "conv_dw") if is_conv => "conv.1.0",
+        (false, "bn2") if is_bn(layer) => "conv.1.1",
+        (false, "conv_pwl") if is_conv => "conv.2",
+        (false, "bn3") if is_bn(layer) => "conv.3",
+        _ => return None,
+    };
+    Some(format!("features.{index}.{mapped}.{param}"))
+}
+
+/// transformers `MobileNetV2ForImageClassification` name → torchvision name, `None` for a name
+/// it does not have (or has only in layouts kiln refuses, such as the stem's `expand_1x1` of
+/// `first_layer_is_expansion: false`).
+///
+/// Each transformers layer is `{convolution, normalization}`. `mobilenet_v2.conv_stem.first_conv`
+/// → `features.0.0/1`; the stem's `conv_3x3` (depthwise) and `reduce_1x1` are torchvision's
+/// expansion-1 block: `features.1.conv.0.0/0.1` and `features.1.conv.1/2`;
+/// `mobilenet_v2.layer.I.{expand_1x1, conv_3x3, reduce_1x1}` (I < 16) →
+/// `features.{I+2}.conv.{0.0/0.1, 1.0/1.1, 2/3}`; `mobilenet_v2.conv_1x1` → `features.18.0/1`;
+/// `classifier` → `classifier.1`.
+pub fn transformers_key(name: &str) -> Option<String> {
+    let (module, param) = split_param(name)?;
+    if module == "classifier" && (param == "weight" || param == "bias") {
+        return Some(format!("classifier.1.{param}"));
+    }
+    let (layer, part) = module.rsplit_once('.')?;
+    let conv = match part {
+        "convolution" if param == "weight" => true,
+        "normalization" if BN_PARAMS.contains(&param) => false,
+        _ => return None,
+    };
+    let pick = |c: &str, n: &str| if conv { c.to_string() } else { n.to_string() };
+    let mapped = match layer {
+        "mobilenet_v2.conv_stem.first_conv" => pick("features.0.0", "features.0.1"),
+        "mobilenet_v2.conv_stem.conv_3x3" => pick("features.1.conv.0.0", "features.1.conv.0.1"),
+        "mobilenet_v2.conv_stem.reduce_1x1" => pick("features.1.conv.1", "features.1.conv.2"),
+        "mobilenet_v2.conv_1x1" => pick(
+            &format!("features.{HEAD_INDEX}.0"),
+            &format!("features.{HEAD_INDEX}.1"),
+        ),
+        _ => {
+            let rest = layer.strip_prefix("mobilenet_v2.layer.")?;
+            let (i, sub) = rest.split_once('.')?;
+            let i: usize = i.parse().ok()?;
+            if i >= HEAD_INDEX - 2 {
+                return None;
+            }
+            let (c, n) = match sub {
+                "expand_1x1" => ("conv.0.0", "conv.0.1"),
+                "conv_3x3" => ("conv.1.0", "conv.1.1"),
+                "reduce_1x1" => ("conv.2", "conv.3"),
+                _ => return None,
+            };
+            format!("features.{}.{}", i + 2, pick(c, n))
+        }
+    };
+    Some(format!("{mapped}.{param}"))
+}
+
+/// The tensors (names and shapes) of timm's `mobilenetv2_*` at `width_mult` with
+/// `num_classes` outputs, in timm's names: what a timm checkpoint holds (without
+/// `num_batches_tracked`). Used to check the key map against torchvision's layout, and to make
+/// test checkpoints.
+pub fn timm_layout(width_mult: f64, num_classes: usize) -> Vec<(String, Vec<usize>)> {
+    let mut out = vec![];
+    let bn = |out: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
+        for k in ["weight", "bias", "running_mean", "running_var"] {
+            out.push((format!("{p}.{k}"), vec![c]));
+        }
+    };
+    let stem = make_divisible(32.0 * width_mult, 8);
+    out.push(("conv_stem.weight".into(), vec![stem, 3, 3, 3]));
+    bn(&mut out, "bn1", stem);
+    let mut inp = stem;
+    for (s, (t, c, n, _)) in STAGES.into_iter().enumerate() {
+        let oup = make_divisible(c as f64 * width_mult, 8);
+        for b in 0..n {
+            let p = format!("blocks.{s}.{b}");
+            if s == 0 {
+                out.push((format!("{p}.conv_dw.weight"), vec![inp, 1, 3, 3]));
+                bn(&mut out, &format!("{p}.bn1"), inp);
+                out.push((format!("{p}.conv_pw.weight"), vec![oup, inp, 1, 1]));
+                bn(&mut out, &format!("{p}.bn2"), oup);
+            } else {
+                let mid = make_divisible((inp * t) as f64, 8);
+                out.push((format!("{p}.conv_pw.weight"), vec![mid, inp, 1, 1]));
+                bn(&mut out, &format!("{p}.bn1"), mid);
+                out.push((format!("{p}.conv_dw.weight"), vec![mid, 1, 3, 3]));
+                bn(&mut out, &format!("{p}.bn2"), mid);
+                out.push((format!("{p}.conv_pwl.weight"), vec![oup, mid, 1, 1]));
+                bn(&mut out, &format!("{p}.bn3"), oup);
+            }
+            inp = oup;
+        }
+    }
+    let head = make_divisible(1280.0 * width_mult, 8).max(1280);
+    out.push(("conv_head.weight".into(), vec![head, inp, 1, 1]));
+    bn(&mut out, "bn2", head);
+    out.push(("classifier.weight".into(), vec![num_classes, head]));
+    out.push(("classifier.bias".into(), vec![num_classes]));
+    out
 }
 
 #[cfg(test)]

@@ -1,19 +1,69 @@
-//! Architecture names → builders.
+//! Architecture names → builders, collected from the families' own declarations.
+//!
+//! Each model file declares one [`Family`] (`pub static FAMILY`): its variants and their
+//! builders, its parameters and their check, the keys that identify its checkpoints, its
+//! classifier, the training spec its reference weights expect, and other libraries' names for
+//! its tensors. This file only lists the families ([`FAMILIES`]) and looks names up; it knows no
+//! architecture.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use candle_nn::VarBuilder;
+use kiln_preprocess::Preset;
 
-use crate::efficientnet_lite::EfficientNetLiteConfig;
-use crate::resnet::ResNetConfig;
 use crate::{ImageModel, ModelError};
 
 /// Architecture parameters by name (e.g. `width_mult`), as found in a spec's `arch_params`.
 pub type ArchParams = BTreeMap<String, f64>;
 
-type Builder = fn(VarBuilder, &ArchParams) -> candle_core::Result<Box<dyn ImageModel>>;
+/// Builds a variant from weights and (already checked) parameters.
+pub type Builder = fn(VarBuilder, &ArchParams) -> candle_core::Result<Box<dyn ImageModel>>;
 
-/// One registered architecture.
+/// Checks a family's parameter values (names are checked against [`Family::params`] first);
+/// `Err((param, value, expected))` names the first bad one.
+pub type ParamCheck = fn(&ArchParams) -> Result<(), (String, f64, String)>;
+
+/// Every family kiln can build: one line per model file.
+pub static FAMILIES: &[&Family] = &[
+    &crate::mobilenet_v2::FAMILY,
+    &crate::resnet::FAMILY,
+    &crate::efficientnet_lite::FAMILY,
+    &crate::mobilenet_v3::FAMILY,
+];
+
+/// One architecture family, declared in its model file.
+pub struct Family {
+    /// The family (and model file) name, e.g. `resnet`.
+    pub name: &'static str,
+    /// The first convolution's weight: with the classifier's, what a state dict of this family
+    /// must contain whatever its size (used to find wrapper prefixes in checkpoints).
+    pub stem_key: &'static str,
+    /// Key prefix of the final linear layer (its `.weight` rows are the class count).
+    pub classifier: &'static str,
+    /// Parameters its variants accept, with their defaults, for `kiln inspect` and `--help`.
+    pub params: &'static [(&'static str, f64)],
+    /// Checks parameter values.
+    pub check: ParamCheck,
+    /// The preprocessing its reference weights were trained with (its default training spec).
+    /// Declared for tools and exporters; a spec travelling with the weights always wins.
+    pub preset: Preset,
+    /// Its variants, by registry name.
+    pub variants: &'static [Variant],
+    /// Other libraries' tensor names for its checkpoints (timm's, transformers'), renamed to
+    /// kiln's when a hub model is loaded.
+    pub key_maps: &'static [crate::keymap::KeyMap],
+}
+
+/// One variant of a family: a registry name and its builder.
+pub struct Variant {
+    /// Registry name, e.g. `resnet50`.
+    pub name: &'static str,
+    /// Builds the network from weights.
+    pub build: Builder,
+}
+
+/// One registered architecture (a family's variant, with the family's data).
 pub struct ArchEntry {
     /// Registry name, e.g. `resnet50`.
     pub name: &'static str,
@@ -25,96 +75,63 @@ pub struct ArchEntry {
     pub params: &'static [(&'static str, f64)],
     /// Builds the network from weights.
     pub build: Builder,
+    /// The family it belongs to.
+    pub declared: &'static Family,
 }
 
-fn param(p: &ArchParams, name: &str, default: f64) -> f64 {
+impl ArchEntry {
+    /// The first convolution's weight key (see [`Family::stem_key`]).
+    pub fn stem_key(&self) -> &'static str {
+        self.declared.stem_key
+    }
+}
+
+static ENTRIES: LazyLock<Vec<ArchEntry>> = LazyLock::new(|| {
+    FAMILIES
+        .iter()
+        .flat_map(|f| {
+            f.variants.iter().map(move |v| ArchEntry {
+                name: v.name,
+                family: f.name,
+                classifier: f.classifier,
+                params: f.params,
+                build: v.build,
+                declared: f,
+            })
+        })
+        .collect()
+});
+
+/// Every architecture kiln can build, family by family.
+pub fn architectures() -> impl Iterator<Item = &'static ArchEntry> {
+    ENTRIES.iter()
+}
+
+/// The key map some family declares for `convention`.
+pub fn key_map(convention: crate::keymap::KeyConvention) -> Option<&'static crate::keymap::KeyMap> {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.key_maps)
+        .find(|m| m.convention == convention)
+}
+
+/// A parameter's value, or its default.
+pub fn param(p: &ArchParams, name: &str, default: f64) -> f64 {
     p.get(name).copied().unwrap_or(default)
 }
 
-fn mobilenet_v2(vb: VarBuilder, p: &ArchParams) -> candle_core::Result<Box<dyn ImageModel>> {
-    let o = crate::mobilenet_v2::MobileNetV2Options {
-        width_mult: param(p, "width_mult", 1.0),
-        tf_padding: param(p, "tf_padding", 0.0) != 0.0,
-        bn_eps: param(p, "bn_eps", 1e-5),
-    };
-    Ok(Box::new(crate::mobilenet_v2::MobileNetV2::load_with(
-        vb, &o,
-    )?))
+/// [`ParamCheck`] for families without parameters (names were already checked).
+pub fn no_params(_: &ArchParams) -> Result<(), (String, f64, String)> {
+    Ok(())
 }
-
-fn resnet(vb: VarBuilder, cfg: ResNetConfig) -> candle_core::Result<Box<dyn ImageModel>> {
-    Ok(Box::new(crate::resnet::ResNet::load(vb, cfg)?))
-}
-
-/// A ResNet-family entry: the variant is data ([`ResNetConfig`]); no parameters.
-macro_rules! resnet_entry {
-    ($name:literal, $cfg:ident) => {
-        ArchEntry {
-            name: $name,
-            family: "resnet",
-            classifier: "fc",
-            params: &[],
-            build: |vb, _| resnet(vb, ResNetConfig::$cfg),
-        }
-    };
-}
-
-fn efficientnet_lite(
-    vb: VarBuilder,
-    cfg: EfficientNetLiteConfig,
-) -> candle_core::Result<Box<dyn ImageModel>> {
-    Ok(Box::new(crate::efficientnet_lite::EfficientNetLite::load(
-        vb, cfg,
-    )?))
-}
-
-/// An EfficientNet-Lite entry (TensorFlow-trained, efficientnet_pytorch key names); the variant
-/// is data ([`EfficientNetLiteConfig`]); no parameters.
-macro_rules! efficientnet_lite_entry {
-    ($name:literal, $cfg:ident) => {
-        ArchEntry {
-            name: $name,
-            family: "efficientnet_lite",
-            classifier: "_fc",
-            params: &[],
-            build: |vb, _| efficientnet_lite(vb, EfficientNetLiteConfig::$cfg),
-        }
-    };
-}
-
-/// Every architecture kiln can build.
-pub static ARCHITECTURES: &[ArchEntry] = &[
-    ArchEntry {
-        name: "mobilenet_v2",
-        family: "mobilenet_v2",
-        classifier: "classifier.1",
-        // tf_padding (0/1) and bn_eps: transformers' MobileNetV2 (TensorFlow-ported).
-        params: &[("width_mult", 1.0), ("tf_padding", 0.0), ("bn_eps", 1e-5)],
-        build: mobilenet_v2,
-    },
-    resnet_entry!("resnet18", RESNET18),
-    resnet_entry!("resnet34", RESNET34),
-    resnet_entry!("resnet50", RESNET50),
-    resnet_entry!("resnet101", RESNET101),
-    resnet_entry!("resnet152", RESNET152),
-    resnet_entry!("wide_resnet50_2", WIDE_RESNET50_2),
-    resnet_entry!("resnext50_32x4d", RESNEXT50_32X4D),
-    efficientnet_lite_entry!("efficientnet_lite0", LITE0),
-    efficientnet_lite_entry!("efficientnet_lite1", LITE1),
-    efficientnet_lite_entry!("efficientnet_lite2", LITE2),
-    efficientnet_lite_entry!("efficientnet_lite3", LITE3),
-    efficientnet_lite_entry!("efficientnet_lite4", LITE4),
-];
 
 /// Looks up an architecture by name.
 pub fn find(name: &str) -> Result<&'static ArchEntry, ModelError> {
-    ARCHITECTURES
-        .iter()
+    architectures()
         .find(|a| a.name == name)
         .ok_or_else(|| ModelError::UnknownArchitecture {
             name: name.to_string(),
-            known: ARCHITECTURES
-                .iter()
+            known: architectures()
                 .map(|a| a.name)
                 .collect::<Vec<_>>()
                 .join(", "),
@@ -147,35 +164,12 @@ pub fn build(
             });
         }
     }
-    if entry.family == "mobilenet_v2" {
-        let w = param(params, "width_mult", 1.0);
-        if !(w > 0.0 && w <= 4.0) {
-            return Err(ModelError::BadParam {
-                arch: name.into(),
-                param: "width_mult".into(),
-                value: w.to_string(),
-                expected: "0 < width_mult <= 4 (torchvision publishes 0.5, 0.75, 1.0, 1.4)".into(),
-            });
-        }
-        let t = param(params, "tf_padding", 0.0);
-        if t != 0.0 && t != 1.0 {
-            return Err(ModelError::BadParam {
-                arch: name.into(),
-                param: "tf_padding".into(),
-                value: t.to_string(),
-                expected: "0 (torchvision's padding) or 1 (TensorFlow's \"SAME\")".into(),
-            });
-        }
-        let eps = param(params, "bn_eps", 1e-5);
-        if !(eps > 0.0 && eps < 1.0) {
-            return Err(ModelError::BadParam {
-                arch: name.into(),
-                param: "bn_eps".into(),
-                value: eps.to_string(),
-                expected: "a batch-norm epsilon, 0 < bn_eps < 1".into(),
-            });
-        }
-    }
+    (entry.declared.check)(params).map_err(|(param, value, expected)| ModelError::BadParam {
+        arch: name.into(),
+        param,
+        value: value.to_string(),
+        expected,
+    })?;
     (entry.build)(vb, params).map_err(|e| ModelError::Weights {
         arch: name.into(),
         error: without_backtrace(e),
@@ -188,5 +182,27 @@ fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
     match e {
         candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names are unique across families, and each key convention has one family's map.
+    #[test]
+    fn names_and_key_maps_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for a in architectures() {
+            assert!(seen.insert(a.name), "{} registered twice", a.name);
+        }
+        let maps: Vec<_> = FAMILIES.iter().flat_map(|f| f.key_maps).collect();
+        for (i, m) in maps.iter().enumerate() {
+            assert!(
+                maps[..i].iter().all(|o| o.convention != m.convention),
+                "{:?} declared twice",
+                m.convention
+            );
+        }
     }
 }

@@ -9,10 +9,47 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::keymap::{split_param, KeyConvention, KeyMap, BN_PARAMS};
 use crate::layers::{
     avg_pool_nhwc, global_avg_pool, max_pool_3x3_s2_nhwc, Act, ConvBn, ConvGeom, Linear,
 };
+use crate::registry::{no_params, Family, Variant};
 use crate::{Features, ImageModel};
+
+/// A variant: its registry name and its [`ResNetConfig`].
+macro_rules! variant {
+    ($name:literal, $cfg:ident) => {
+        Variant {
+            name: $name,
+            build: |vb, _| Ok(Box::new(ResNet::load(vb, ResNetConfig::$cfg)?)),
+        }
+    };
+}
+
+/// Everything kiln knows about this family; collected by [`crate::registry`].
+pub static FAMILY: Family = Family {
+    name: "resnet",
+    stem_key: "conv1.weight",
+    classifier: "fc",
+    params: &[],
+    check: no_params,
+    preset: kiln_preprocess::Preset::TorchvisionImagenet,
+    variants: &[
+        variant!("resnet18", RESNET18),
+        variant!("resnet34", RESNET34),
+        variant!("resnet50", RESNET50),
+        variant!("resnet101", RESNET101),
+        variant!("resnet152", RESNET152),
+        variant!("wide_resnet50_2", WIDE_RESNET50_2),
+        variant!("resnext50_32x4d", RESNEXT50_32X4D),
+    ],
+    key_maps: &[KeyMap {
+        convention: KeyConvention::TransformersResNet,
+        label: "transformers ResNet",
+        expected: "resnet.embedder.embedder.*, resnet.encoder.stages.S.layers.I.{layer.J,shortcut}.*, classifier.1",
+        rename: transformers_key,
+    }],
+};
 
 /// torchvision's batch-norm epsilon (`nn.BatchNorm2d` default).
 const BN_EPS: f64 = 1e-5;
@@ -318,8 +355,8 @@ impl ImageModel for ResNet {
         })
     }
 
-    fn classifier(&self) -> &Linear {
-        &self.fc
+    fn classifier(&self) -> Option<&Linear> {
+        Some(&self.fc)
     }
 
     /// Batches on the CPU: the early stages (large maps, few weights) one image per thread, as
@@ -371,6 +408,64 @@ fn run_each(count: usize, f: impl Fn(usize) -> Result<Tensor> + Sync) -> Result<
                 .unwrap_or_else(|| Err(candle_core::Error::Msg("task not run".into())))
         })
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other libraries' names for this network
+
+/// transformers `ResNetForImageClassification` name → torchvision name.
+///
+/// `resnet.embedder.embedder.{convolution,normalization}` → `conv1`/`bn1`;
+/// `resnet.encoder.stages.S.layers.I.layer.J.{convolution,normalization}` →
+/// `layer{S+1}.I.conv{J+1}`/`bn{J+1}`; `…shortcut.{convolution,normalization}` →
+/// `…downsample.0/1`; `classifier.1` → `fc`.
+pub fn transformers_key(name: &str) -> Option<String> {
+    let (module, param) = split_param(name)?;
+    let conv_or_bn = |m: &str| -> Option<bool> {
+        match m {
+            "convolution" if param == "weight" => Some(true),
+            "normalization" if BN_PARAMS.contains(&param) => Some(false),
+            _ => None,
+        }
+    };
+    if let Some(m) = module.strip_prefix("resnet.embedder.embedder.") {
+        let conv = conv_or_bn(m)?;
+        return Some(format!("{}.{param}", if conv { "conv1" } else { "bn1" }));
+    }
+    if module == "classifier.1" && (param == "weight" || param == "bias") {
+        return Some(format!("fc.{param}"));
+    }
+    let rest = module.strip_prefix("resnet.encoder.stages.")?;
+    let parts: Vec<&str> = rest.split('.').collect();
+    match parts.as_slice() {
+        [s, "layers", i, "shortcut", m] => {
+            let s: usize = s.parse().ok()?;
+            let i: usize = i.parse().ok()?;
+            let conv = conv_or_bn(m)?;
+            (s < 4).then(|| {
+                format!(
+                    "layer{}.{i}.downsample.{}.{param}",
+                    s + 1,
+                    if conv { 0 } else { 1 }
+                )
+            })
+        }
+        [s, "layers", i, "layer", j, m] => {
+            let s: usize = s.parse().ok()?;
+            let i: usize = i.parse().ok()?;
+            let j: usize = j.parse().ok()?;
+            let conv = conv_or_bn(m)?;
+            (s < 4 && j < 3).then(|| {
+                format!(
+                    "layer{}.{i}.{}{}.{param}",
+                    s + 1,
+                    if conv { "conv" } else { "bn" },
+                    j + 1
+                )
+            })
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -331,7 +331,12 @@ impl Classifier {
             .to_device(&Device::Cpu)?;
         let (_, channels, fh, fw) = maps.dims4()?;
         let maps = maps.flatten_all()?.to_vec1::<f32>()?;
-        let linear = self.model().classifier();
+        let Some(linear) = self.model().classifier() else {
+            return Err(kiln_models::ModelError::NoLinearHead {
+                arch: self.spec().architecture.clone(),
+            }
+            .into());
+        };
         let weight = linear.weight()?;
         let bias = linear
             .bias()

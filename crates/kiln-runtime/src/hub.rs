@@ -906,204 +906,24 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HubError> {
     })
 }
 
-// ---------------------------------------------------------------------------------------------
-// Key maps
-
-/// torchvision MobileNetV2 blocks per stage (`n` of each `(t, c, n, s)` row).
-const MNV2_REPEATS: [usize; 7] = [1, 2, 3, 4, 3, 3, 1];
-const BN_PARAMS: [&str; 5] = [
-    "weight",
-    "bias",
-    "running_mean",
-    "running_var",
-    "num_batches_tracked",
-];
-
-fn split_param(name: &str) -> Option<(&str, &str)> {
-    name.rsplit_once('.')
-}
-
-/// timm MobileNetV2 name → torchvision name, `None` for a name timm's MobileNetV2 does not have.
-///
-/// `conv_stem`/`bn1` → `features.0.0/1`; `blocks.0.0` (depthwise-separable: `conv_dw`, `bn1`,
-/// `conv_pw`, `bn2`) → `features.1.conv.0.0`, `.0.1`, `.1`, `.2`; `blocks.S.B` (inverted
-/// residual: `conv_pw`, `bn1`, `conv_dw`, `bn2`, `conv_pwl`, `bn3`) → `features.N.conv.0.0`,
-/// `.0.1`, `.1.0`, `.1.1`, `.2`, `.3` with `N = 1 + blocks before it`; `conv_head`/`bn2` →
-/// `features.18.0/1`; `classifier` → `classifier.1`.
-pub fn timm_mobilenet_v2_key(name: &str) -> Option<String> {
-    let (module, param) = split_param(name)?;
-    let is_bn = |m: &str| m.starts_with("bn") && BN_PARAMS.contains(&param);
-    let is_conv = param == "weight";
-    let top = match module {
-        "conv_stem" if is_conv => Some("features.0.0".to_string()),
-        "bn1" if is_bn("bn1") => Some("features.0.1".to_string()),
-        "conv_head" if is_conv => Some("features.18.0".to_string()),
-        "bn2" if is_bn("bn2") => Some("features.18.1".to_string()),
-        "classifier" if param == "weight" || param == "bias" => Some("classifier.1".to_string()),
-        _ => None,
-    };
-    if let Some(t) = top {
-        return Some(format!("{t}.{param}"));
-    }
-    let rest = module.strip_prefix("blocks.")?;
-    let mut it = rest.split('.');
-    let stage: usize = it.next()?.parse().ok()?;
-    let block: usize = it.next()?.parse().ok()?;
-    let layer = it.next()?;
-    if it.next().is_some() || stage >= MNV2_REPEATS.len() || block >= MNV2_REPEATS[stage] {
-        return None;
-    }
-    let index = 1 + MNV2_REPEATS[..stage].iter().sum::<usize>() + block;
-    let mapped = match (stage == 0, layer) {
-        (true, "conv_dw") if is_conv => "conv.0.0",
-        (true, "bn1") if is_bn(layer) => "conv.0.1",
-        (true, "conv_pw") if is_conv => "conv.1",
-        (true, "bn2") if is_bn(layer) => "conv.2",
-        (false, "conv_pw") if is_conv => "conv.0.0",
-        (false, "bn1") if is_bn(layer) => "conv.0.1",
-        (false, "conv_dw") if is_conv => "conv.1.0",
-        (false, "bn2") if is_bn(layer) => "conv.1.1",
-        (false, "conv_pwl") if is_conv => "conv.2",
-        (false, "bn3") if is_bn(layer) => "conv.3",
-        _ => return None,
-    };
-    Some(format!("features.{index}.{mapped}.{param}"))
-}
-
-/// transformers `ResNetForImageClassification` name → torchvision name.
-///
-/// `resnet.embedder.embedder.{convolution,normalization}` → `conv1`/`bn1`;
-/// `resnet.encoder.stages.S.layers.I.layer.J.{convolution,normalization}` →
-/// `layer{S+1}.I.conv{J+1}`/`bn{J+1}`; `…shortcut.{convolution,normalization}` →
-/// `…downsample.0/1`; `classifier.1` → `fc`.
-pub fn transformers_resnet_key(name: &str) -> Option<String> {
-    let (module, param) = split_param(name)?;
-    let conv_or_bn = |m: &str| -> Option<bool> {
-        match m {
-            "convolution" if param == "weight" => Some(true),
-            "normalization" if BN_PARAMS.contains(&param) => Some(false),
-            _ => None,
-        }
-    };
-    if let Some(m) = module.strip_prefix("resnet.embedder.embedder.") {
-        let conv = conv_or_bn(m)?;
-        return Some(format!("{}.{param}", if conv { "conv1" } else { "bn1" }));
-    }
-    if module == "classifier.1" && (param == "weight" || param == "bias") {
-        return Some(format!("fc.{param}"));
-    }
-    let rest = module.strip_prefix("resnet.encoder.stages.")?;
-    let parts: Vec<&str> = rest.split('.').collect();
-    match parts.as_slice() {
-        [s, "layers", i, "shortcut", m] => {
-            let s: usize = s.parse().ok()?;
-            let i: usize = i.parse().ok()?;
-            let conv = conv_or_bn(m)?;
-            (s < 4).then(|| {
-                format!(
-                    "layer{}.{i}.downsample.{}.{param}",
-                    s + 1,
-                    if conv { 0 } else { 1 }
-                )
-            })
-        }
-        [s, "layers", i, "layer", j, m] => {
-            let s: usize = s.parse().ok()?;
-            let i: usize = i.parse().ok()?;
-            let j: usize = j.parse().ok()?;
-            let conv = conv_or_bn(m)?;
-            (s < 4 && j < 3).then(|| {
-                format!(
-                    "layer{}.{i}.{}{}.{param}",
-                    s + 1,
-                    if conv { "conv" } else { "bn" },
-                    j + 1
-                )
-            })
-        }
-        _ => None,
-    }
-}
-
-// transformers' MobileNetV2 (kept apart so that it can move with the architecture tables)
-
-/// transformers `MobileNetV2ForImageClassification` name → torchvision name, `None` for a name
-/// it does not have (or has only in layouts kiln refuses, such as the stem's `expand_1x1` of
-/// `first_layer_is_expansion: false`).
-///
-/// Each transformers layer is `{convolution, normalization}`. `mobilenet_v2.conv_stem.first_conv`
-/// → `features.0.0/1`; the stem's `conv_3x3` (depthwise) and `reduce_1x1` are torchvision's
-/// expansion-1 block: `features.1.conv.0.0/0.1` and `features.1.conv.1/2`;
-/// `mobilenet_v2.layer.I.{expand_1x1, conv_3x3, reduce_1x1}` (I < 16) →
-/// `features.{I+2}.conv.{0.0/0.1, 1.0/1.1, 2/3}`; `mobilenet_v2.conv_1x1` → `features.18.0/1`;
-/// `classifier` → `classifier.1`.
-pub fn transformers_mobilenet_v2_key(name: &str) -> Option<String> {
-    let (module, param) = split_param(name)?;
-    if module == "classifier" && (param == "weight" || param == "bias") {
-        return Some(format!("classifier.1.{param}"));
-    }
-    let (layer, part) = module.rsplit_once('.')?;
-    let conv = match part {
-        "convolution" if param == "weight" => true,
-        "normalization" if BN_PARAMS.contains(&param) => false,
-        _ => return None,
-    };
-    let pick = |c: &str, n: &str| if conv { c.to_string() } else { n.to_string() };
-    let mapped = match layer {
-        "mobilenet_v2.conv_stem.first_conv" => pick("features.0.0", "features.0.1"),
-        "mobilenet_v2.conv_stem.conv_3x3" => pick("features.1.conv.0.0", "features.1.conv.0.1"),
-        "mobilenet_v2.conv_stem.reduce_1x1" => pick("features.1.conv.1", "features.1.conv.2"),
-        "mobilenet_v2.conv_1x1" => pick("features.18.0", "features.18.1"),
-        _ => {
-            let rest = layer.strip_prefix("mobilenet_v2.layer.")?;
-            let (i, sub) = rest.split_once('.')?;
-            let i: usize = i.parse().ok()?;
-            if i >= 16 {
-                return None;
-            }
-            let (c, n) = match sub {
-                "expand_1x1" => ("conv.0.0", "conv.0.1"),
-                "conv_3x3" => ("conv.1.0", "conv.1.1"),
-                "reduce_1x1" => ("conv.2", "conv.3"),
-                _ => return None,
-            };
-            format!("features.{}.{}", i + 2, pick(c, n))
-        }
-    };
-    Some(format!("{mapped}.{param}"))
-}
-
-/// Renames one tensor of a checkpoint in `convention` to torchvision's name. `Ok(None)` drops it
-/// (`num_batches_tracked`, a training counter); an unknown name is an error.
+/// Renames one tensor of a checkpoint in `convention` to torchvision's name (the key map the
+/// architecture's family declares). `Ok(None)` drops it (`num_batches_tracked`, a training
+/// counter); an unknown name is an error.
 pub fn torchvision_name(convention: KeyConvention, name: &str) -> Result<Option<String>, String> {
     if name.ends_with(".num_batches_tracked") {
         return Ok(None);
     }
-    let mapped = match convention {
-        KeyConvention::Torchvision => Some(name.to_string()),
-        KeyConvention::TimmMobileNetV2 => timm_mobilenet_v2_key(name),
-        KeyConvention::TransformersResNet => transformers_resnet_key(name),
-        KeyConvention::TransformersMobileNetV2 => transformers_mobilenet_v2_key(name),
+    if convention == KeyConvention::Torchvision {
+        return Ok(Some(name.to_string()));
+    }
+    let Some(map) = kiln_models::key_map(convention) else {
+        return Err(format!("no family declares the {convention:?} key map"));
     };
-    match mapped {
+    match (map.rename)(name) {
         Some(m) => Ok(Some(m)),
         None => Err(format!(
             "tensor `{name}` is not part of the {} layout kiln maps ({})",
-            match convention {
-                KeyConvention::Torchvision => "torchvision",
-                KeyConvention::TimmMobileNetV2 => "timm MobileNetV2",
-                KeyConvention::TransformersResNet => "transformers ResNet",
-                KeyConvention::TransformersMobileNetV2 => "transformers MobileNetV2",
-            },
-            match convention {
-                KeyConvention::TimmMobileNetV2 =>
-                    "conv_stem, bn1, blocks.S.B.{conv_pw,bn1,conv_dw,bn2,conv_pwl,bn3}, conv_head, bn2, classifier",
-                KeyConvention::TransformersResNet =>
-                    "resnet.embedder.embedder.*, resnet.encoder.stages.S.layers.I.{layer.J,shortcut}.*, classifier.1",
-                KeyConvention::TransformersMobileNetV2 =>
-                    "mobilenet_v2.conv_stem.{first_conv,conv_3x3,reduce_1x1}.*, mobilenet_v2.layer.I.{expand_1x1,conv_3x3,reduce_1x1}.*, mobilenet_v2.conv_1x1.*, classifier",
-                KeyConvention::Torchvision => "",
-            }
+            map.label, map.expected
         )),
     }
 }
@@ -1147,51 +967,6 @@ pub fn rename_safetensors(
     safetensors::serialize(out, Some(metadata)).map_err(|e| e.to_string())
 }
 
-/// The tensors (names and shapes) of timm's `mobilenetv2_*` at `width_mult` with
-/// `num_classes` outputs, in timm's names: what a timm checkpoint holds (without
-/// `num_batches_tracked`). Used to check the key map against torchvision's layout, and to make
-/// test checkpoints.
-pub fn timm_mobilenet_v2_layout(width_mult: f64, num_classes: usize) -> Vec<(String, Vec<usize>)> {
-    use kiln_models::mobilenet_v2::{make_divisible, STAGES};
-    let mut out = vec![];
-    let bn = |out: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
-        for k in ["weight", "bias", "running_mean", "running_var"] {
-            out.push((format!("{p}.{k}"), vec![c]));
-        }
-    };
-    let stem = make_divisible(32.0 * width_mult, 8);
-    out.push(("conv_stem.weight".into(), vec![stem, 3, 3, 3]));
-    bn(&mut out, "bn1", stem);
-    let mut inp = stem;
-    for (s, (t, c, n, _)) in STAGES.into_iter().enumerate() {
-        let oup = make_divisible(c as f64 * width_mult, 8);
-        for b in 0..n {
-            let p = format!("blocks.{s}.{b}");
-            if s == 0 {
-                out.push((format!("{p}.conv_dw.weight"), vec![inp, 1, 3, 3]));
-                bn(&mut out, &format!("{p}.bn1"), inp);
-                out.push((format!("{p}.conv_pw.weight"), vec![oup, inp, 1, 1]));
-                bn(&mut out, &format!("{p}.bn2"), oup);
-            } else {
-                let mid = make_divisible((inp * t) as f64, 8);
-                out.push((format!("{p}.conv_pw.weight"), vec![mid, inp, 1, 1]));
-                bn(&mut out, &format!("{p}.bn1"), mid);
-                out.push((format!("{p}.conv_dw.weight"), vec![mid, 1, 3, 3]));
-                bn(&mut out, &format!("{p}.bn2"), mid);
-                out.push((format!("{p}.conv_pwl.weight"), vec![oup, mid, 1, 1]));
-                bn(&mut out, &format!("{p}.bn3"), oup);
-            }
-            inp = oup;
-        }
-    }
-    let head = make_divisible(1280.0 * width_mult, 8).max(1280);
-    out.push(("conv_head.weight".into(), vec![head, inp, 1, 1]));
-    bn(&mut out, "bn2", head);
-    out.push(("classifier.weight".into(), vec![num_classes, head]));
-    out.push(("classifier.bias".into(), vec![num_classes]));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1230,7 +1005,7 @@ mod tests {
         // The shipped torchvision MobileNetV2 (width 1.0, 1000 classes) is the reference.
         let want = shipped_header("mobilenet_v2");
         assert_eq!(want.len(), 262);
-        let mut got: Vec<(String, Vec<usize>)> = timm_mobilenet_v2_layout(1.0, 1000)
+        let mut got: Vec<(String, Vec<usize>)> = kiln_models::mobilenet_v2::timm_layout(1.0, 1000)
             .into_iter()
             .map(|(k, s)| {
                 let m = torchvision_name(KeyConvention::TimmMobileNetV2, &k)
@@ -1270,7 +1045,7 @@ mod tests {
         // Every width timm publishes maps to a network kiln builds with the same shapes.
         use candle_core::{DType, Device, Tensor};
         for w in [0.35, 0.5, 0.75, 1.0, 1.4] {
-            let tensors: HashMap<String, Tensor> = timm_mobilenet_v2_layout(w, 7)
+            let tensors: HashMap<String, Tensor> = kiln_models::mobilenet_v2::timm_layout(w, 7)
                 .into_iter()
                 .map(|(k, s)| {
                     let name = torchvision_name(KeyConvention::TimmMobileNetV2, &k)

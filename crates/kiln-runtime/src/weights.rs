@@ -216,19 +216,11 @@ pub struct ConvertReport {
     pub stripped_prefix: Option<String>,
 }
 
-/// The first convolution's weight of each family: with the classifier's, what a state dict of
-/// that architecture must contain, whatever its size.
-fn stem_key(family: &str) -> &'static str {
-    match family {
-        "resnet" => "conv1.weight",
-        "mobilenet_v2" => "features.0.0.weight",
-        _ => "_conv_stem.weight",
-    }
-}
-
+/// The keys a state dict of `entry`'s architecture must contain whatever its size: the first
+/// convolution's weight and the classifier's (declared by its family).
 fn signature(entry: &kiln_models::ArchEntry) -> [String; 2] {
     [
-        stem_key(entry.family).to_string(),
+        entry.stem_key().to_string(),
         format!("{}.weight", entry.classifier),
     ]
 }
@@ -261,7 +253,7 @@ fn find_prefix(
 ) -> Result<Option<String>, String> {
     let archs: Vec<&kiln_models::ArchEntry> = match spec {
         Some(s) => vec![kiln_models::find(&s.architecture).map_err(|e| e.to_string())?],
-        None => kiln_models::ARCHITECTURES.iter().collect(),
+        None => kiln_models::architectures().collect(),
     };
     let set: std::collections::HashSet<&str> = names.iter().copied().collect();
     let fits = |prefix: &str| {
