@@ -70,7 +70,6 @@ const KNOWN_GAPS: &[(&str, Gap, &str)] = &[
     ("lab-red.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
     ("lab.tif", Gap::Refuses, "CIELab TIFF: not read yet"),
     ("hopper_bad_exif.jpg", Gap::Refuses, "JPEG with a corrupt Huffman code: libjpeg warns and fills in, kiln's decoder refuses (README: JPEG decoding)"),
-    ("apng__chunk_no_fctl.png", Gap::Reads, "PIL's pipeline refuses it (APNG frame sequence errors) on the first load; kiln reads the default image, the pixels PIL gives when that failure is caught and the image loaded again"),
 ];
 
 /// Files PIL refuses that kiln reads, each with why reading it is right.

@@ -53,12 +53,40 @@ pub(crate) fn check_ihdr(bytes: &[u8]) -> Result<(), String> {
 pub(crate) fn prepare(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
     let mut i = 8;
     let mut seen_idat = false;
+    // APNG sequence numbers as PIL checks them: `fcTL` before the image data at open, `fdAT`
+    // after it in `load_end`, which stops at the next frame's `fcTL` (an `fdAT` with no `fcTL`
+    // before it is a sequence error).
+    let (mut seq, mut checking) = (None::<u32>, true);
     while i + 8 <= bytes.len() {
         let n = u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize;
         let kind = &bytes[i + 4..i + 8];
         let end = i.checked_add(12).and_then(|v| v.checked_add(n));
         match end {
             Some(end) if end <= bytes.len() => {
+                let data = &bytes[i + 8..end - 4];
+                let be32 = |d: &[u8]| {
+                    d.get(..4)
+                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                };
+                match kind {
+                    b"fcTL" if seen_idat => checking = false,
+                    b"fcTL" | b"fdAT" if checking && (seen_idat || kind == b"fcTL") => {
+                        if let Some(v) = be32(data) {
+                            let ok = match seq {
+                                None => kind == b"fcTL" && v == 0,
+                                Some(last) => last.checked_add(1) == Some(v),
+                            };
+                            if !ok {
+                                return Err(
+                                    "APNG contains frame sequence errors (as PIL refuses it)"
+                                        .into(),
+                                );
+                            }
+                            seq = Some(v);
+                        }
+                    }
+                    _ => {}
+                }
                 if kind == b"IDAT" {
                     seen_idat = true;
                 } else if !seen_idat {
