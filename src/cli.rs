@@ -202,8 +202,8 @@ struct ClassifyArgs {
     /// Mark a result "uncertain" when its top-1 probability is below P (0..1).
     #[arg(long, value_name = "P")]
     threshold: Option<f32>,
-    /// Refuse images whose width or height is below this many pixels [default: a quarter of the
-    /// spec's input size, e.g. 56 for 224×224 models, 8 for 32×32].
+    /// Refuse images whose width or height is below this many pixels [default: an eighth of the
+    /// spec's input size, e.g. 28 for 224×224 models, 4 for 32×32].
     #[arg(long)]
     min_size: Option<u32>,
     /// Refuse images whose header claims more pixels than this (decompression-bomb guard).

@@ -1,6 +1,6 @@
 //! Bombs and degenerate images (issue 13, point 3): headers claiming 60000×60000 pixels are
 //! refused before any pixel memory exists, and a tracking pixel gets an error by default (the
-//! minimum side is a quarter of the spec's input size: 56 px for MobileNetV2), which
+//! minimum side is an eighth of the spec's input size: 28 px for MobileNetV2), which
 //! `--min-size` overrides.
 
 mod common;
@@ -74,7 +74,7 @@ fn bomb_headers_and_tracking_pixels_are_refused() {
     let tiny = d.join("pixel.png");
     image::RgbImage::new(1, 1).save(&tiny).unwrap();
     let (ok, out) = kiln(&[tiny.to_str().unwrap()]);
-    assert!(!ok && out.contains("minimum side of 56"), "{out}");
+    assert!(!ok && out.contains("minimum side of 28"), "{out}");
     let (ok, out) = kiln(&["--min-size", "1", tiny.to_str().unwrap()]);
     assert!(ok, "--min-size 1 must accept a 1x1 image: {out}");
 }

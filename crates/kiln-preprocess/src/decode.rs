@@ -30,12 +30,12 @@ pub struct DecodeOptions {
     pub apply_exif_orientation: bool,
 }
 
-/// The default minimum side for a network whose input is `input_size` (`[h, w]`): a quarter of
-/// its smaller side (56 px for 224×224 inputs, 8 px for 32×32), at least 1. An image under it
-/// would be upsampled more than 4× — a tracking pixel or an icon, not a photo to trust a class
+/// The default minimum side for a network whose input is `input_size` (`[h, w]`): an eighth of
+/// its smaller side (28 px for 224×224 inputs, 4 px for 32×32), at least 1. An image under it
+/// would be upsampled more than 8× — a tracking pixel or an icon, not a photo to trust a class
 /// for.
 pub fn min_side_for_input(input_size: [u32; 2]) -> u32 {
-    (input_size[0].min(input_size[1]) / 4).max(1)
+    (input_size[0].min(input_size[1]) / 8).max(1)
 }
 
 impl Default for DecodeOptions {
