@@ -210,9 +210,10 @@ struct ClassifyArgs {
     /// Mark a result "uncertain" when its top-1 probability is below P (0..1).
     #[arg(long, value_name = "P")]
     threshold: Option<f32>,
-    /// Refuse images whose width or height is below this many pixels.
-    #[arg(long, default_value_t = 1)]
-    min_size: u32,
+    /// Refuse images whose width or height is below this many pixels [default: an eighth of the
+    /// spec's input size, e.g. 28 for 224×224 models, 4 for 32×32].
+    #[arg(long)]
+    min_size: Option<u32>,
     /// Refuse images whose header claims more pixels than this (decompression-bomb guard).
     #[arg(long, default_value_t = kiln_preprocess::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
@@ -511,7 +512,8 @@ fn classify(a: ClassifyArgs) -> Result<u8, Failure> {
         }
     }
     let decode = DecodeOptions {
-        min_side: a.min_size,
+        // 0: the classifier derives it from the spec's input size.
+        min_side: a.min_size.unwrap_or(0),
         max_pixels: a.max_pixels,
         ..Default::default()
     };

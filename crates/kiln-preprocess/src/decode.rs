@@ -23,12 +23,21 @@ pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
 /// Limits and choices applied while decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeOptions {
-    /// Smallest accepted width and height, in pixels.
+    /// Smallest accepted width and height, in pixels. `0` asks a `Classifier` to derive it from
+    /// its spec ([`min_side_for_input`]); decoding on its own then accepts any size.
     pub min_side: u32,
     /// Largest accepted width × height, checked from the header before any pixel is decoded.
     pub max_pixels: u64,
     /// Rotate/flip by the EXIF orientation tag, so the network sees the photo upright.
     pub apply_exif_orientation: bool,
+}
+
+/// The default minimum side for a network whose input is `input_size` (`[h, w]`): an eighth of
+/// its smaller side (28 px for 224×224 inputs, 4 px for 32×32), at least 1. An image under it
+/// would be upsampled more than 8× — a tracking pixel or an icon, not a photo to trust a class
+/// for.
+pub fn min_side_for_input(input_size: [u32; 2]) -> u32 {
+    (input_size[0].min(input_size[1]) / 8).max(1)
 }
 
 impl Default for DecodeOptions {

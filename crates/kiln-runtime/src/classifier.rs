@@ -420,6 +420,10 @@ impl ClassifierBuilder {
                 spec.num_classes
             )));
         }
+        let min_side = match self.decode.min_side {
+            0 => kiln_preprocess::decode::min_side_for_input(spec.input_size),
+            m => m,
+        };
         tracing::debug!(arch = %spec.architecture, weights = %weights_path.display(), spec = %origin, "model loaded");
         Ok(Classifier {
             model,
@@ -428,7 +432,10 @@ impl ClassifierBuilder {
             labels,
             device: self.device,
             dtype: self.dtype,
-            decode: self.decode,
+            decode: DecodeOptions {
+                min_side,
+                ..self.decode
+            },
             weights: weights_path,
             parameters,
         })
