@@ -58,6 +58,8 @@ enum Command {
     /// Write the exact tensor fed to the network for an image (safetensors, spec in the
     /// metadata), and a PNG preview of the resized and cropped pixels beside it.
     Preprocess(Box<PreprocessArgs>),
+    /// Serve models over the Open Inference Protocol v2 (REST + gRPC) and POST /v1/classify.
+    Serve(Box<crate::serve::ServeArgs>),
 }
 
 #[derive(Args)]
@@ -113,7 +115,7 @@ pub(crate) struct ModelArgs {
     device: String,
 }
 
-#[derive(Args)]
+#[derive(Args, Default)]
 pub(crate) struct OverrideArgs {
     /// Override the spec's per-channel mean (three comma-separated values).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
@@ -139,6 +141,21 @@ pub(crate) struct OverrideArgs {
     /// Accept overrides that contradict the training spec (they usually cost accuracy).
     #[arg(long)]
     allow_spec_override: bool,
+}
+
+impl ModelArgs {
+    /// One model of `kiln serve`: a `--model` reference or a weights file, on `device`.
+    pub(crate) fn for_serve(model: Option<String>, weights: Option<PathBuf>, device: &str) -> Self {
+        Self {
+            model,
+            hf_backend: None,
+            weights,
+            spec: None,
+            preset: None,
+            labels: None,
+            device: device.to_string(),
+        }
+    }
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -283,7 +300,11 @@ impl From<RuntimeError> for Failure {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // A server's access log is info-level: shown unless asked otherwise.
+    init_logging(
+        cli.verbose
+            .max(u8::from(matches!(cli.command, Command::Serve(_)))),
+    );
     let result = match cli.command {
         Command::Classify(a) => classify(*a),
         Command::Convert(a) => convert(a).map(|_| EXIT_OK),
@@ -292,6 +313,7 @@ pub fn run() -> ExitCode {
         Command::Explain(a) => crate::explain::run(*a),
         Command::Decode(a) => decode_cmd(a).map(|_| EXIT_OK),
         Command::Preprocess(a) => preprocess_cmd(*a).map(|_| EXIT_OK),
+        Command::Serve(a) => crate::serve::run(*a),
         Command::Bench(a) => crate::bench::run(a)
             .map(|_| EXIT_OK)
             .map_err(Failure::Usage),

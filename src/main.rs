@@ -6,6 +6,7 @@
 mod bench;
 mod cli;
 mod explain;
+mod serve;
 
 use std::process::ExitCode;
 
