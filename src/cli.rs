@@ -61,6 +61,8 @@ enum Command {
     /// Write the exact tensor fed to the network for an image (safetensors, spec in the
     /// metadata), and a PNG preview of the resized and cropped pixels beside it.
     Preprocess(Box<PreprocessArgs>),
+    /// Serve models over the Open Inference Protocol v2 (REST + gRPC) and POST /v1/classify.
+    Serve(Box<crate::serve::ServeArgs>),
 }
 
 #[derive(Args)]
@@ -121,7 +123,7 @@ pub(crate) struct ModelArgs {
     dtype: String,
 }
 
-#[derive(Args)]
+#[derive(Args, Default)]
 pub(crate) struct OverrideArgs {
     /// Override the spec's per-channel mean (three comma-separated values).
     #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
@@ -147,6 +149,21 @@ pub(crate) struct OverrideArgs {
     /// Accept overrides that contradict the training spec (they usually cost accuracy).
     #[arg(long)]
     allow_spec_override: bool,
+}
+
+impl ModelArgs {
+    /// One model of `kiln serve`: a `--model` reference or a weights file, on `device`.
+    pub(crate) fn for_serve(model: Option<String>, weights: Option<PathBuf>, device: &str) -> Self {
+        Self {
+            model,
+            hf_backend: None,
+            weights,
+            spec: None,
+            preset: None,
+            labels: None,
+            device: device.to_string(),
+        }
+    }
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -292,7 +309,11 @@ impl From<RuntimeError> for Failure {
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // A server's access log is info-level: shown unless asked otherwise.
+    init_logging(
+        cli.verbose
+            .max(u8::from(matches!(cli.command, Command::Serve(_)))),
+    );
     let result = match cli.command {
         Command::Classify(a) => classify(*a),
         Command::Convert(a) => convert(a).map(|_| EXIT_OK),
@@ -304,6 +325,7 @@ pub fn run() -> ExitCode {
         Command::Devices(a) => crate::devices::run(a)
             .map(|_| EXIT_OK)
             .map_err(Failure::Usage),
+        Command::Serve(a) => crate::serve::run(*a),
         Command::Bench(a) => crate::bench::run(a)
             .map(|_| EXIT_OK)
             .map_err(Failure::Usage),

@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod devices;
 mod explain;
+mod serve;
 
 use std::process::ExitCode;
 

@@ -182,9 +182,11 @@ impl Service {
                         TensorData::Bytes(c.bytes_contents.into_iter().map(Into::into).collect())
                     }
                     "FP32" => TensorData::F32(c.fp32_contents),
-                    other => return Err(fail(ServeError::BadRequest(format!(
+                    other => {
+                        return Err(fail(ServeError::BadRequest(format!(
                         "{what}: datatype {other} is not accepted (BYTES images or FP32 tensors)"
-                    )))),
+                    ))))
+                    }
                 }
             };
             inputs.push(InputTensor {

@@ -45,7 +45,7 @@ fn tritonclient_http_and_grpc() {
         .rgb;
     let t = reference.preprocess(&img);
     let tensor_top1 = reference
-        .decode_logits(&reference.logits(&[t.clone()]).unwrap()[0], 1)
+        .decode_logits(&reference.logits(std::slice::from_ref(&t)).unwrap()[0], 1)
         .top[0]
         .index;
     let tmp = std::env::temp_dir().join(format!("kiln-conformance-{}", std::process::id()));

@@ -350,7 +350,7 @@ fn fp32_tensor_matches_logits() {
     );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&resp));
     let v: Value = serde_json::from_slice(&resp).unwrap();
-    let want = c.decode_logits(&c.logits(&[t.clone()]).unwrap()[0], 5);
+    let want = c.decode_logits(&c.logits(std::slice::from_ref(&t)).unwrap()[0], 5);
     for (k, s) in want.top.iter().enumerate() {
         assert_eq!(output(&v, "top_k_indices")["data"][k], json!(s.index));
         let got = output(&v, "top_k_probabilities")["data"][k]
@@ -545,7 +545,7 @@ fn faults_are_per_request_errors() {
     assert_eq!(c, 400);
     assert!(String::from_utf8_lossy(&b).contains("inference-header-content-length"));
     let (mut body, n) = binary_request(
-        &[good.clone()],
+        std::slice::from_ref(&good),
         json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}),
     );
     body.truncate(body.len() - 10);
