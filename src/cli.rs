@@ -153,7 +153,12 @@ pub(crate) struct OverrideArgs {
 
 impl ModelArgs {
     /// One model of `kiln serve`: a `--model` reference or a weights file, on `device`.
-    pub(crate) fn for_serve(model: Option<String>, weights: Option<PathBuf>, device: &str) -> Self {
+    pub(crate) fn for_serve(
+        model: Option<String>,
+        weights: Option<PathBuf>,
+        device: &str,
+        dtype: &str,
+    ) -> Self {
         Self {
             model,
             hf_backend: None,
@@ -162,6 +167,7 @@ impl ModelArgs {
             preset: None,
             labels: None,
             device: device.to_string(),
+            dtype: dtype.to_string(),
         }
     }
 }

@@ -22,6 +22,9 @@ pub(crate) struct ServeArgs {
     /// cpu, cuda[:N], metal[:N] or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Compute dtype: f32, or f16 / bf16 on a GPU (the CPU computes in f32 only).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    dtype: String,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -56,16 +59,17 @@ pub(crate) struct ServeArgs {
     /// Seconds a client has to send its request headers.
     #[arg(long, default_value_t = 10, value_parser = positive)]
     header_timeout_s: usize,
-    /// Refuse images whose width or height is below this many pixels.
-    #[arg(long, default_value_t = 1)]
-    min_size: u32,
+    /// Refuse images whose width or height is below this many pixels (default: an eighth of the
+    /// model's input size, as `classify`).
+    #[arg(long)]
+    min_size: Option<u32>,
     /// Refuse images whose header claims more pixels than this (decompression-bomb guard).
     #[arg(long, default_value_t = kiln_preprocess::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
 }
 
 /// The name and the `classify`-style model arguments of one `--model` value.
-fn model_entry(value: &str, device: &str) -> (String, ModelArgs) {
+fn model_entry(value: &str, device: &str, dtype: &str) -> (String, ModelArgs) {
     let (name, reference) = match value.split_once('=') {
         // `hf:owner/repo@rev` has no `=`; a name never contains `/` or `:`.
         Some((n, r)) if !n.is_empty() && !n.contains(['/', ':']) => (Some(n.to_string()), r),
@@ -83,9 +87,9 @@ fn model_entry(value: &str, device: &str) -> (String, ModelArgs) {
         .unwrap_or_else(|| reference.to_string())
     };
     let args = if is_file {
-        ModelArgs::for_serve(None, Some(PathBuf::from(reference)), device)
+        ModelArgs::for_serve(None, Some(PathBuf::from(reference)), device, dtype)
     } else {
-        ModelArgs::for_serve(Some(reference.to_string()), None, device)
+        ModelArgs::for_serve(Some(reference.to_string()), None, device, dtype)
     };
     (name.unwrap_or_else(default_name), args)
 }
@@ -95,13 +99,13 @@ pub(crate) fn run(a: ServeArgs) -> Result<u8, Failure> {
         kiln_serve::set_compute_threads(n).map_err(|e| Failure::Usage(e.into()))?;
     }
     let decode = DecodeOptions {
-        min_side: a.min_size,
+        min_side: a.min_size.unwrap_or(0),
         max_pixels: a.max_pixels,
         ..Default::default()
     };
     let mut models = vec![];
     for value in &a.models {
-        let (name, args) = model_entry(value, &a.device);
+        let (name, args) = model_entry(value, &a.device, &a.dtype);
         let c = build_classifier(&args, &OverrideArgs::default(), decode)
             .map_err(|Failure::Usage(e)| Failure::Usage(e.context(format!("--model {value}"))))?;
         tracing::info!(model = %name, weights = %c.weights_path().display(), "loaded");

@@ -17,7 +17,6 @@ fn http(addr: &str, request: &[u8]) -> String {
 
 #[cfg(unix)]
 #[test]
-#[ignore = "written at the deadline, not yet run: run with --ignored and drop this"]
 fn serve_classifies_and_stops_on_sigterm() {
     let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/imagenet-sample/n01440764_tench.JPEG");

@@ -145,10 +145,6 @@ fn classify_cli(photo: &Path) -> Expected {
 }
 
 #[test]
-// `kiln serve` is on the `serve` branch, not yet merged here: run with `--ignored` once it is
-// (then drop this line). Until then the page and this driver were checked against a stand-in
-// server that answers /v1/classify by running `kiln classify --format jsonl`.
-#[ignore = "needs `kiln serve` (branch serve, not merged yet)"]
 fn page_classifies_a_photo_in_headless_chromium() {
     let have = |bin: &str| {
         Command::new(bin)

@@ -117,7 +117,6 @@ pub fn raw_to_data(datatype: &str, raw: Bytes, what: &str) -> Result<TensorData,
             Ok(TensorData::Bytes(out))
         }
         "FP32" => {
-            // (not is_multiple_of: MSRV 1.85)
             if !raw.chunks_exact(4).remainder().is_empty() {
                 return Err(ServeError::BadRequest(format!(
                     "{what}: {} bytes is not a whole number of FP32 values",
