@@ -238,7 +238,9 @@ def main():
     corpus = os.path.join(root, "corpus")
     os.makedirs(corpus, exist_ok=True)
     for f in os.listdir(corpus):
-        os.remove(os.path.join(corpus, f))
+        # damaged_* files belong to make_jpeg_damaged_fixtures.py.
+        if not f.startswith("damaged_"):
+            os.remove(os.path.join(corpus, f))
     sample = os.path.join(args.shared, "imagenet-sample")
     print("Pillow", Image.__version__, "libjpeg-turbo", features.version("libjpeg_turbo"))
 

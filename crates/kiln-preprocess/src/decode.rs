@@ -9,6 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
 mod bmp;
+mod ccitt;
 pub(crate) mod exif;
 mod gif;
 mod png;

@@ -201,7 +201,12 @@ fn bad_files_give_clear_errors() {
     }
     let e = jpeg::decode(&good[..good.len() - 2]).unwrap_err();
     assert!(matches!(e, JpegError::Truncated(_)), "{e}");
-    assert!(e.to_string().contains("end-of-image"), "{e}");
+    // Cut inside the last bytes of the scan data or its end marker.
+    let m = e.to_string();
+    assert!(
+        m.contains("end-of-image") || m.contains("end of the file"),
+        "{e}"
+    );
 
     // No SOI.
     assert_eq!(jpeg::decode(b"GIF89a").unwrap_err(), JpegError::MissingSoi);
@@ -243,8 +248,10 @@ fn bad_files_give_clear_errors() {
     let e = jpeg::decode(&twelve).unwrap_err();
     assert!(e.to_string().contains("12-bit"), "{e}");
 
-    // Corrupt entropy data: an error or an image, never a panic; a run of 0xFF 0x00 pairs (all
-    // ones) is not a valid Huffman code in these tables.
+    // Corrupt entropy data: an error or an image, never a panic. A run of 0xFF 0x00 pairs (all
+    // ones) is not a valid Huffman code in these tables: libjpeg reads it as symbol 0 after a
+    // warning, and so does kiln (Pillow's `hopper_bad_exif.jpg` in the conformance suite pins
+    // the pixels against PIL); the image is read and differs from the intact one.
     let mut huff = good.clone();
     for b in &mut huff[sos + 20..sos + 60] {
         *b = 0xFF;
@@ -252,8 +259,10 @@ fn bad_files_give_clear_errors() {
     for i in (sos + 21..sos + 60).step_by(2) {
         huff[i] = 0x00;
     }
-    let e = jpeg::decode(&huff).unwrap_err();
-    assert!(e.to_string().contains("Huffman"), "{e}");
+    let damaged = jpeg::decode(&huff).expect("libjpeg reads a bad Huffman code as symbol 0");
+    let intact = jpeg::decode(&good).unwrap();
+    assert_eq!(damaged.info.width, intact.info.width);
+    assert!(damaged.data != intact.data);
     // Random byte flips anywhere.
     let mut state = 0x1234_5678_9abc_def0u64;
     for _ in 0..300 {

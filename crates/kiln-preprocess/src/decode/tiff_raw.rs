@@ -10,6 +10,7 @@
 //! grey (`I;12` into `I;16`) clipped to 0..=255 by `convert`, 32-bit float grey (mode `F`,
 //! clipped and truncated). Anything else returns `None` and goes to the `tiff` crate.
 
+use super::ccitt;
 use image::RgbImage;
 
 /// One IFD entry's values, widened.
@@ -92,7 +93,7 @@ fn first_ifd(b: &[u8]) -> Option<Ifd> {
 enum Kind {
     /// Palette indices of `bits` bits, optionally followed by an 8-bit alpha byte.
     Palette { bits: u32, alpha: bool },
-    /// 2- or 4-bit grey: level `v * 255 / (2^bits - 1)`, inverted for WhiteIsZero.
+    /// 1-, 2- or 4-bit grey: level `v * 255 / (2^bits - 1)`, inverted for WhiteIsZero.
     Grey { bits: u32, invert: bool },
     /// 8-bit bytes read as `L`.
     L8,
@@ -156,6 +157,47 @@ pub(crate) fn decode(
             _ => None,
         };
     }
+    // Named refusals: what neither kiln nor the `tiff` crate reads (README, "Image formats").
+    let refuse = |what: &str| {
+        Some(Err(RawError::Unsupported(format!(
+            "TIFF with {what} is not supported"
+        ))))
+    };
+    match (compression, photometric) {
+        (6, _) => return refuse("old-style JPEG compression (6)"),
+        (34925, _) => return refuse("LZMA compression (34925)"),
+        (_, Some(8)) => return refuse("CIELab colour (PhotometricInterpretation 8)"),
+        _ => {}
+    }
+    if matches!(compression, 2..=4) && ifd.get(322).is_none() && planar == 1 {
+        // CCITT fax data, always through kiln's libtiff-exact decoder (`ccitt.rs`).
+        return match (photometric, spp, bps.as_slice()) {
+            (Some(p @ (0 | 1)), 1, [1]) => {
+                let scheme = match compression {
+                    2 => ccitt::Scheme::Mh,
+                    3 => ccitt::Scheme::G3 {
+                        two_d: ifd.one(292).unwrap_or(0) & 1 == 1,
+                    },
+                    _ => ccitt::Scheme::G4,
+                };
+                let kind = Kind::Grey {
+                    bits: 1,
+                    invert: p == 0,
+                };
+                Some(read(
+                    bytes,
+                    &ifd,
+                    w,
+                    h,
+                    kind,
+                    Codec::Fax(scheme),
+                    fill_order == 2,
+                    check_size,
+                ))
+            }
+            _ => None,
+        };
+    }
     if ifd.get(322).is_some() || planar != 1 || !matches!(compression, 1 | 5) || predictor != 1 {
         return None;
     }
@@ -184,16 +226,29 @@ pub(crate) fn decode(
     if fill_order == 2 && !matches!(kind, Kind::Grey { .. }) {
         return None;
     }
+    let codec = if compression == 5 {
+        Codec::Lzw
+    } else {
+        Codec::None
+    };
     Some(read(
         bytes,
         &ifd,
         w,
         h,
         kind,
-        compression,
+        codec,
         fill_order == 2,
         check_size,
     ))
+}
+
+/// How the strips of a layout read here are compressed.
+#[derive(Clone, Copy, PartialEq)]
+enum Codec {
+    None,
+    Lzw,
+    Fax(ccitt::Scheme),
 }
 
 /// Why a covered TIFF was not read.
@@ -214,8 +269,8 @@ fn read(
     w: u64,
     h: u64,
     kind: Kind,
-    compression: u64,
-    reversed: bool,
+    codec: Codec,
+    mut reversed: bool,
     check_size: impl FnOnce(u32, u32) -> Result<(), crate::InputError>,
 ) -> Result<(RgbImage, Option<u16>), RawError> {
     let corrupt = |s: String| RawError::Corrupt(format!("TIFF: {s}"));
@@ -254,6 +309,13 @@ fn read(
     let le = ifd.le;
     let mut rgb = vec![0u8; w * h * 3];
     let mut y = 0usize;
+    let mut fax = match codec {
+        Codec::Fax(scheme) => {
+            // The fax decoder undoes FillOrder itself; its rows are in normal bit order.
+            Some((ccitt::Fax::new(scheme, w32), std::mem::take(&mut reversed)))
+        }
+        _ => None,
+    };
     for (s, &off) in offsets.iter().enumerate() {
         if y >= h {
             break;
@@ -261,11 +323,19 @@ fn read(
         let rows = rows_per_strip.min(h - y);
         let off = off as usize;
         let decoded;
-        let data: &[u8] = if compression == 5 {
-            let count = counts.get(s).copied().unwrap_or(0) as usize;
-            let src = bytes
+        let count = counts.get(s).copied().unwrap_or(0) as usize;
+        let strip = || {
+            bytes
                 .get(off..off.saturating_add(count).min(bytes.len()))
-                .ok_or_else(|| corrupt("strip offset past the end of the file".into()))?;
+                .ok_or_else(|| corrupt("strip offset past the end of the file".into()))
+        };
+        let data: &[u8] = if let Some((fax, fax_reversed)) = fax.as_mut() {
+            decoded = fax
+                .strip(strip()?, rows, *fax_reversed)
+                .map_err(|e| corrupt(format!("{e} in strip {s}")))?;
+            &decoded
+        } else if codec == Codec::Lzw {
+            let src = strip()?;
             let mut out = Vec::new();
             let r = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8)
                 .into_stream(&mut out)

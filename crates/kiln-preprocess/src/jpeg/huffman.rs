@@ -113,6 +113,9 @@ pub struct BitReader<'a> {
     fake: u32,
     /// Whether a marker (or the end of the data) stopped loading.
     stopped: bool,
+    /// Whether loading reached the end of the data without a marker: libjpeg's source would
+    /// suspend there, and PIL reports the file as truncated.
+    pub at_eof: bool,
 }
 
 impl<'a> BitReader<'a> {
@@ -125,6 +128,7 @@ impl<'a> BitReader<'a> {
             bits: 0,
             fake: 0,
             stopped: false,
+            at_eof: false,
         }
     }
 
@@ -164,8 +168,9 @@ impl<'a> BitReader<'a> {
                             self.pos += 2;
                             0xFF
                         }
-                        _ => {
+                        next => {
                             self.stopped = true;
+                            self.at_eof = next.is_none();
                             self.fake += 1;
                             0
                         }
@@ -176,6 +181,7 @@ impl<'a> BitReader<'a> {
                 }
             } else {
                 self.stopped = true;
+                self.at_eof = true;
                 self.fake += 1;
                 0
             };
@@ -262,9 +268,15 @@ impl<'a> BitReader<'a> {
             code = (self.buf >> (64 - len)) as i32;
         }
         if len > 16 {
-            return Err(JpegError::Corrupt(
-                "corrupt Huffman code in scan data".into(),
-            ));
+            // No code matches in 16 bits: corrupt data. libjpeg warns ("Corrupt JPEG data: bad
+            // Huffman code"), drops the 17 bits its search read and returns symbol 0 (DC: no
+            // change, AC: end of block) as "the safest result"; PIL then reads the image as
+            // libjpeg leaves it, so kiln does the same.
+            if self.bits < 17 {
+                self.refill();
+            }
+            self.consume(17);
+            return Ok(0);
         }
         self.consume(len);
         let idx = code + t.valoffset[len as usize];
@@ -278,11 +290,6 @@ impl<'a> BitReader<'a> {
     /// position of its 0xFF byte, or the end of the data. Bytes between the padding and the
     /// marker are skipped, as libjpeg skips them.
     pub fn to_marker(&mut self) -> Result<usize, JpegError> {
-        if self.overran() {
-            return Err(JpegError::Truncated(
-                "scan data ends before its last block".into(),
-            ));
-        }
         let mut p = self.pos;
         while p + 1 < self.data.len() && !(self.data[p] == 0xFF && self.data[p + 1] != 0) {
             p += 1;
@@ -291,6 +298,7 @@ impl<'a> BitReader<'a> {
         self.bits = 0;
         self.fake = 0;
         self.stopped = false;
+        self.at_eof = false;
         self.pos = p;
         Ok(p)
     }

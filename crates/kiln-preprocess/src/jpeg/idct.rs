@@ -1,10 +1,17 @@
 //! libjpeg-turbo's default inverse DCT, `jpeg_idct_islow` (jidctint.c): the Loeffler–Ligtenberg–
 //! Moschytz algorithm in 13-bit fixed point with 2 extra bits kept between the passes.
 //!
-//! Every rounding happens where libjpeg-turbo rounds, so the samples are identical. The final
-//! clamp is a saturation to 0..=255, which is what its SIMD code (the path Pillow's wheels run)
-//! does; the C code's wrap-around range table gives the same values for every input a real
-//! encoder produces (|value| < 384 before the level shift).
+//! Every rounding happens where libjpeg-turbo rounds, so the samples are identical. Pillow's
+//! wheels run libjpeg-turbo's SIMD version of it (`jsimd_idct_islow_avx2`/`_sse2`), which keeps
+//! the samples in 16-bit lanes between its steps; for the coefficients a real encoder writes that
+//! changes nothing, but corrupt scan data decodes to coefficients far outside that range, and
+//! then PIL's pixels are the 16-bit ones. So this code does what the SIMD code does at each of
+//! its 16-bit points: dequantisation keeps the low 16 bits of `coef × quant` (`vpmullw`), the
+//! sums `in0 ± in4`, `in7 + in3` and `in5 + in1` wrap to 16 bits (`vpaddw`), each pass's outputs
+//! saturate to 16 bits (`vpackssdw`), the final samples to 0..=255 (`vpacksswb` + 128), and a
+//! block whose rows 1–7 are all zero takes its shortcut (row 0 shifted left by 2 in 16 bits,
+//! wrapping). Everything else is 32-bit arithmetic, which wraps identically here (wrapping ops)
+//! and there.
 
 const CONST_BITS: i32 = 13;
 const PASS1_BITS: i32 = 2;
@@ -24,59 +31,75 @@ const FIX_3_072711026: i32 = 25172;
 
 #[inline(always)]
 fn clamp_sample(x: i32) -> u8 {
-    (x + 128).clamp(0, 255) as u8
+    (x.wrapping_add(128)).clamp(0, 255) as u8
+}
+
+/// The low 16 bits, sign-extended: a 16-bit lane's wrap-around.
+#[inline(always)]
+fn wrap16(x: i32) -> i32 {
+    x as i16 as i32
+}
+
+/// A 16-bit lane's signed saturation.
+#[inline(always)]
+fn sat16(x: i32) -> i32 {
+    x.clamp(i16::MIN as i32, i16::MAX as i32)
 }
 
 /// One 1-D pass of the transform on `[i0..i7]`; returns the eight outputs before descaling.
 #[inline(always)]
 fn kernel(s: [i32; 8], dc_shift: i32) -> [i32; 8] {
+    // Wrapping 32-bit arithmetic throughout, as the SIMD lanes wrap (and debug builds must not
+    // trap on corrupt data).
+    let m = |a: i32, c: i32| a.wrapping_mul(c);
     let (z2, z3) = (s[2], s[6]);
-    let z1 = (z2 + z3) * FIX_0_541196100;
-    let tmp2 = z1 - z3 * FIX_1_847759065;
-    let tmp3 = z1 + z2 * FIX_0_765366865;
-    let tmp0 = (s[0] + s[4]) << dc_shift;
-    let tmp1 = (s[0] - s[4]) << dc_shift;
-    let tmp10 = tmp0 + tmp3;
-    let tmp13 = tmp0 - tmp3;
-    let tmp11 = tmp1 + tmp2;
-    let tmp12 = tmp1 - tmp2;
+    let z1 = m(z2.wrapping_add(z3), FIX_0_541196100);
+    let tmp2 = z1.wrapping_sub(m(z3, FIX_1_847759065));
+    let tmp3 = z1.wrapping_add(m(z2, FIX_0_765366865));
+    let tmp0 = wrap16(s[0].wrapping_add(s[4])) << dc_shift;
+    let tmp1 = wrap16(s[0].wrapping_sub(s[4])) << dc_shift;
+    let tmp10 = tmp0.wrapping_add(tmp3);
+    let tmp13 = tmp0.wrapping_sub(tmp3);
+    let tmp11 = tmp1.wrapping_add(tmp2);
+    let tmp12 = tmp1.wrapping_sub(tmp2);
 
     let (t0, t1, t2, t3) = (s[7], s[5], s[3], s[1]);
-    let z1 = t0 + t3;
-    let z2 = t1 + t2;
-    let z3 = t0 + t2;
-    let z4 = t1 + t3;
-    let z5 = (z3 + z4) * FIX_1_175875602;
-    let t0 = t0 * FIX_0_298631336;
-    let t1 = t1 * FIX_2_053119869;
-    let t2 = t2 * FIX_3_072711026;
-    let t3 = t3 * FIX_1_501321110;
-    let z1 = -z1 * FIX_0_899976223;
-    let z2 = -z2 * FIX_2_562915447;
-    let z3 = -z3 * FIX_1_961570560 + z5;
-    let z4 = -z4 * FIX_0_390180644 + z5;
-    let t0 = t0 + z1 + z3;
-    let t1 = t1 + z2 + z4;
-    let t2 = t2 + z2 + z3;
-    let t3 = t3 + z1 + z4;
+    let z1 = t0.wrapping_add(t3);
+    let z2 = t1.wrapping_add(t2);
+    let z3 = wrap16(t0.wrapping_add(t2));
+    let z4 = wrap16(t1.wrapping_add(t3));
+    let z5 = m(z3.wrapping_add(z4), FIX_1_175875602);
+    let t0 = m(t0, FIX_0_298631336);
+    let t1 = m(t1, FIX_2_053119869);
+    let t2 = m(t2, FIX_3_072711026);
+    let t3 = m(t3, FIX_1_501321110);
+    let z1 = m(z1, -FIX_0_899976223);
+    let z2 = m(z2, -FIX_2_562915447);
+    let z3 = m(z3, -FIX_1_961570560).wrapping_add(z5);
+    let z4 = m(z4, -FIX_0_390180644).wrapping_add(z5);
+    let t0 = t0.wrapping_add(z1).wrapping_add(z3);
+    let t1 = t1.wrapping_add(z2).wrapping_add(z4);
+    let t2 = t2.wrapping_add(z2).wrapping_add(z3);
+    let t3 = t3.wrapping_add(z1).wrapping_add(z4);
     [
-        tmp10 + t3,
-        tmp11 + t2,
-        tmp12 + t1,
-        tmp13 + t0,
-        tmp13 - t0,
-        tmp12 - t1,
-        tmp11 - t2,
-        tmp10 - t3,
+        tmp10.wrapping_add(t3),
+        tmp11.wrapping_add(t2),
+        tmp12.wrapping_add(t1),
+        tmp13.wrapping_add(t0),
+        tmp13.wrapping_sub(t0),
+        tmp12.wrapping_sub(t1),
+        tmp11.wrapping_sub(t2),
+        tmp10.wrapping_sub(t3),
     ]
 }
 
 /// Dequantises `coefs` (natural order) with `quant` and writes the 8×8 samples at `out`, rows
 /// `stride` apart.
 pub fn idct_islow(coefs: &[i16; 64], quant: &[u16; 64], out: &mut [u8], stride: usize) {
+    let deq = |i: usize| wrap16((coefs[i] as i32).wrapping_mul(quant[i] as i32));
     if coefs[1..].iter().all(|&c| c == 0) {
-        // Only DC: what the column and row shortcuts below give, one value for the block.
-        let w0 = (coefs[0] as i32 * quant[0] as i32) << PASS1_BITS;
+        // Only DC: what the shortcuts below give, one value for the block.
+        let w0 = wrap16(deq(0) << PASS1_BITS);
         let v = clamp_sample((w0 + (1 << (PASS1_BITS + 2))) >> (PASS1_BITS + 3));
         for r in 0..8 {
             out[r * stride..r * stride + 8].fill(v);
@@ -84,10 +107,17 @@ pub fn idct_islow(coefs: &[i16; 64], quant: &[u16; 64], out: &mut [u8], stride: 
         return;
     }
     let mut ws = [0i32; 64];
+    // The SIMD code's shortcut: rows 1–7 all zero, row 0 shifted in 16 bits (wrapping); a zero
+    // column otherwise goes through the transform, whose 16-bit output saturates.
+    let rows_zero = coefs[8..].iter().all(|&c| c == 0);
     for c in 0..8 {
-        let col = |r: usize| coefs[r * 8 + c] as i32 * quant[r * 8 + c] as i32;
+        let col = |r: usize| deq(r * 8 + c);
         if (1..8).all(|r| coefs[r * 8 + c] == 0) {
-            let dc = col(0) << PASS1_BITS;
+            let dc = if rows_zero {
+                wrap16(col(0) << PASS1_BITS)
+            } else {
+                sat16(col(0) << PASS1_BITS)
+            };
             for r in 0..8 {
                 ws[r * 8 + c] = dc;
             }
@@ -106,7 +136,7 @@ pub fn idct_islow(coefs: &[i16; 64], quant: &[u16; 64], out: &mut [u8], stride: 
         let o = kernel(s, CONST_BITS);
         let round = 1 << (CONST_BITS - PASS1_BITS - 1);
         for r in 0..8 {
-            ws[r * 8 + c] = (o[r] + round) >> (CONST_BITS - PASS1_BITS);
+            ws[r * 8 + c] = sat16(o[r].wrapping_add(round) >> (CONST_BITS - PASS1_BITS));
         }
     }
     for r in 0..8 {
@@ -123,7 +153,7 @@ pub fn idct_islow(coefs: &[i16; 64], quant: &[u16; 64], out: &mut [u8], stride: 
         let shift = CONST_BITS + PASS1_BITS + 3;
         let round = 1 << (shift - 1);
         for (x, v) in row.iter_mut().zip(o) {
-            *x = clamp_sample((v + round) >> shift);
+            *x = clamp_sample(v.wrapping_add(round) >> shift);
         }
     }
 }
@@ -156,7 +186,7 @@ pub unsafe fn idct_islow_avx2(coefs: &[i16; 64], quant: &[u16; 64], out: &mut [u
         _mm256_or_si256(c1, _mm256_or_si256(c2, c3)),
     );
     if _mm256_testz_si256(any, any) != 0 {
-        let w0 = (coefs[0] as i32 * quant[0] as i32) << PASS1_BITS;
+        let w0 = wrap16(wrap16((coefs[0] as i32).wrapping_mul(quant[0] as i32)) << PASS1_BITS);
         let v = clamp_sample((w0 + (1 << (PASS1_BITS + 2))) >> (PASS1_BITS + 3));
         for r in 0..8 {
             out[r * stride..r * stride + 8].fill(v);
@@ -168,14 +198,24 @@ pub unsafe fn idct_islow_avx2(coefs: &[i16; 64], quant: &[u16; 64], out: &mut [u
         // SAFETY: row `r` of 8 i16/u16 lies inside the 64-element arrays.
         let c = _mm256_cvtepi16_epi32(_mm_loadu_si128(coefs.as_ptr().add(r * 8) as *const __m128i));
         let q = _mm256_cvtepu16_epi32(_mm_loadu_si128(quant.as_ptr().add(r * 8) as *const __m128i));
-        *v = _mm256_mullo_epi32(c, q);
+        *v = wrap16_v(_mm256_mullo_epi32(c, q));
     }
-    // Pass 1: columns (lane = column), descaled by CONST_BITS − PASS1_BITS.
-    let o = kernel_v(s);
-    let round = _mm256_set1_epi32(1 << (CONST_BITS - PASS1_BITS - 1));
+    // Pass 1: columns (lane = column), descaled by CONST_BITS − PASS1_BITS and saturated to 16
+    // bits; rows 1–7 all zero take libjpeg-turbo's shortcut (row 0 << 2, wrapping in 16 bits).
     let mut ws = [_mm256_setzero_si256(); 8];
-    for (w, v) in ws.iter_mut().zip(o) {
-        *w = _mm256_srai_epi32::<{ CONST_BITS - PASS1_BITS }>(_mm256_add_epi32(v, round));
+    let rest = _mm256_or_si256(c1, _mm256_or_si256(c2, c3));
+    let rows_zero = _mm256_testz_si256(rest, rest) != 0 && coefs[8..16].iter().all(|&c| c == 0);
+    if rows_zero {
+        let r0 = wrap16_v(_mm256_slli_epi32::<PASS1_BITS>(s[0]));
+        ws = [r0; 8];
+    } else {
+        let o = kernel_v(s);
+        let round = _mm256_set1_epi32(1 << (CONST_BITS - PASS1_BITS - 1));
+        let (lo, hi) = (_mm256_set1_epi32(-32768), _mm256_set1_epi32(32767));
+        for (w, v) in ws.iter_mut().zip(o) {
+            let d = _mm256_srai_epi32::<{ CONST_BITS - PASS1_BITS }>(_mm256_add_epi32(v, round));
+            *w = _mm256_min_epi32(_mm256_max_epi32(d, lo), hi);
+        }
     }
     // Pass 2: rows (lane = row after the transpose), descaled by CONST_BITS + PASS1_BITS + 3.
     let o = kernel_v(transpose(ws));
@@ -204,6 +244,14 @@ pub unsafe fn idct_islow_avx2(coefs: &[i16; 64], quant: &[u16; 64], out: &mut [u
     }
 }
 
+/// [`wrap16`] on eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn wrap16_v(x: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(x))
+}
+
 /// [`kernel`] on eight lanes at once (`dc_shift` = `CONST_BITS`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -230,8 +278,8 @@ unsafe fn kernel_v(s: [std::arch::x86_64::__m256i; 8]) -> [std::arch::x86_64::__
     let z1 = mul!(add!(z2, z3), FIX_0_541196100);
     let tmp2 = sub!(z1, mul!(z3, FIX_1_847759065));
     let tmp3 = add!(z1, mul!(z2, FIX_0_765366865));
-    let tmp0 = _mm256_slli_epi32::<CONST_BITS>(add!(s[0], s[4]));
-    let tmp1 = _mm256_slli_epi32::<CONST_BITS>(sub!(s[0], s[4]));
+    let tmp0 = _mm256_slli_epi32::<CONST_BITS>(wrap16_v(add!(s[0], s[4])));
+    let tmp1 = _mm256_slli_epi32::<CONST_BITS>(wrap16_v(sub!(s[0], s[4])));
     let tmp10 = add!(tmp0, tmp3);
     let tmp13 = sub!(tmp0, tmp3);
     let tmp11 = add!(tmp1, tmp2);
@@ -240,8 +288,8 @@ unsafe fn kernel_v(s: [std::arch::x86_64::__m256i; 8]) -> [std::arch::x86_64::__
     let (t0, t1, t2, t3) = (s[7], s[5], s[3], s[1]);
     let z1 = add!(t0, t3);
     let z2 = add!(t1, t2);
-    let z3 = add!(t0, t2);
-    let z4 = add!(t1, t3);
+    let z3 = wrap16_v(add!(t0, t2));
+    let z4 = wrap16_v(add!(t1, t3));
     let z5 = mul!(add!(z3, z4), FIX_1_175875602);
     let t0 = mul!(t0, FIX_0_298631336);
     let t1 = mul!(t1, FIX_2_053119869);

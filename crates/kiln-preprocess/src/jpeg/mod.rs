@@ -285,8 +285,19 @@ fn decode_parts(data: &[u8]) -> Result<Parts, JpegError> {
     let mut coefs: Option<Coefs> = None;
     let mut restart = 0usize;
     let mut scans = 0usize;
+    // A sequential frame whose first scan holds every component is complete after that scan:
+    // libjpeg has handed PIL every row by then, and PIL keeps the image when what follows ends
+    // early (its source suspends in `jpeg_finish_decompress`). Any other frame is read to EOI.
+    let mut rows_out = false;
     loop {
-        let Some((m, seg)) = p.next_segment()? else {
+        let next = match p.next_segment() {
+            Err(JpegError::Truncated(_)) if rows_out => None,
+            r => r?,
+        };
+        let Some((m, seg)) = next else {
+            if rows_out {
+                break;
+            }
             return Err(JpegError::Truncated(
                 "no end-of-image marker after the last scan".into(),
             ));
@@ -319,6 +330,7 @@ fn decode_parts(data: &[u8]) -> Result<Parts, JpegError> {
                 let co = coefs.as_mut().expect("allocated with the frame");
                 p.pos = scan::decode_scan(data, p.pos, f, &sh, &dc, &ac, restart, co)?;
                 scans += 1;
+                rows_out |= scans == 1 && !f.progressive && sh.comps.len() == f.comps.len();
             }
             _ => {
                 if let Some(k) = sof_kind(m)? {

@@ -116,24 +116,31 @@ pub fn decode_scan(
     let mut eobrun: u32 = 0;
     let mut next_rst = 0u8;
     let mut left = restart_interval;
+    // libjpeg's `insufficient_data`: once a block needed bits past the end of the entropy data
+    // (the next marker), that block was completed with zero bits and the MCUs after it, up to
+    // the next restart marker, are not decoded at all (grey for a sequential file, unchanged
+    // coefficients for a progressive scan). libjpeg only warns, and PIL reads the image.
+    let mut insufficient = false;
 
     for mcu in 0..total {
         if restart_interval > 0 {
             if left == 0 {
                 let p = r.to_marker()?;
-                if p + 1 < data.len() && data[p + 1] == 0xD0 + next_rst {
-                    r = BitReader::new(data, p + 2);
-                } else {
-                    return Err(JpegError::Corrupt(format!(
-                        "expected restart marker RST{next_rst} in scan data"
-                    )));
-                }
+                let (resume, cleared) = resync(data, p, next_rst);
+                r = BitReader::new(data, resume);
                 next_rst = (next_rst + 1) & 7;
                 pred.iter_mut().for_each(|p| *p = 0);
                 eobrun = 0;
                 left = restart_interval;
+                // libjpeg clears its out-of-data flag unless it was left facing a marker.
+                if cleared {
+                    insufficient = false;
+                }
             }
             left -= 1;
+        }
+        if insufficient {
+            continue;
         }
         let (mx, my) = (mcu % mcus_x, mcu / mcus_x);
         for (si, &ci) in sh.comps.iter().enumerate() {
@@ -177,8 +184,71 @@ pub fn decode_scan(
                 }
             }
         }
+        if r.at_eof {
+            return Err(JpegError::Truncated(
+                "scan data runs to the end of the file".into(),
+            ));
+        }
+        insufficient = r.overran();
     }
     r.to_marker()
+}
+
+/// The next marker from `from` as libjpeg's `next_marker` finds it: a 0xFF, any 0xFF fill bytes,
+/// then a code other than 0 (an 0xFF 0x00 pair is data and is skipped). `(position of the
+/// 0xFF, code, position after the code)`; `None` at the end of the data.
+fn next_marker(data: &[u8], mut from: usize) -> Option<(usize, u8, usize)> {
+    loop {
+        let ff = from + data.get(from..)?.iter().position(|&b| b == 0xFF)?;
+        let mut q = ff + 1;
+        while data.get(q) == Some(&0xFF) {
+            q += 1;
+        }
+        match *data.get(q)? {
+            0 => from = q + 1,
+            code => return Some((q - 1, code, q + 1)),
+        }
+    }
+}
+
+/// Where the entropy data resumes at the end of a restart interval, as libjpeg's
+/// `read_restart_marker` and `jpeg_resync_to_restart` decide it. The marker at `p` is the
+/// expected RSTn: resume after it. Otherwise: an RST one or two ahead, or any valid non-RST
+/// marker, is left in place (the interval is decoded from no data); an invalid code
+/// (below SOF0) or an RST one or two behind is skipped for the next marker; any other RST is
+/// discarded and decoding resumes after it. `(position, whether decoding resumes after a
+/// marker)`; at the end of the data the reader is put there (and reports it).
+fn resync(data: &[u8], p: usize, desired: u8) -> (usize, bool) {
+    let Some((mut at, mut code, mut after)) = next_marker(data, p) else {
+        return (data.len(), false);
+    };
+    if code == 0xD0 + desired {
+        return (after, true);
+    }
+    loop {
+        let action = if code < 0xC0 {
+            2
+        } else if !(0xD0..=0xD7).contains(&code) {
+            3
+        } else {
+            let n = code - 0xD0;
+            if n == (desired + 1) & 7 || n == (desired + 2) & 7 {
+                3
+            } else if n == (desired + 7) & 7 || n == (desired + 6) & 7 {
+                2
+            } else {
+                1
+            }
+        };
+        match action {
+            1 => return (after, true),
+            2 => match next_marker(data, after) {
+                Some(m) => (at, code, after) = m,
+                None => return (data.len(), false),
+            },
+            _ => return (at, false),
+        }
+    }
 }
 
 #[inline(always)]
