@@ -225,6 +225,18 @@ enum Flow {
     Eof,
 }
 
+/// How one run's codes ended.
+enum RunEnd {
+    /// A terminating code: the run is set.
+    Term,
+    /// An EOL code.
+    Eol,
+    /// A bit pattern that is no code of the table.
+    Bad,
+    /// The end of the data.
+    Eof,
+}
+
 /// Row overflow, carried out of the expanders with `?`.
 struct Overflow;
 
@@ -327,22 +339,18 @@ impl Fax {
                 match self.scheme {
                     Scheme::Mh => {
                         let flow = self.expand_1d(&mut r, &mut bits, &mut eolcnt);
-                        let flow = flow.map_err(|_| of)?;
-                        self.fill(row_out, r.thisrun, r.pa);
-                        if let Flow::Eof = flow {
+                        if let Flow::Eof = flow.map_err(|_| of)? {
                             return Err(FaxError::Truncated { row: y });
                         }
+                        self.fill(row_out, r.thisrun, r.pa);
                         // Each MH row starts on a byte boundary.
                         bits.consume(bits.avail % 8);
                     }
                     Scheme::G3 { two_d } => {
                         match self.sync_eol(&mut bits, &mut eolcnt) {
                             Sync::Ok => {}
-                            Sync::Eof => {
-                                self.cleanup(&mut r).map_err(|_| of)?;
-                                self.fill(row_out, r.thisrun, r.pa);
-                                return Err(FaxError::Truncated { row: y });
-                            }
+                            // libtiff fails the strip (the row it paints then is discarded).
+                            Sync::Eof => return Err(FaxError::Truncated { row: y }),
                             Sync::NoEol => {
                                 // libtiff restarts the strip's data without EOLs; the rows
                                 // already written stay, the next one is written next.
@@ -352,8 +360,6 @@ impl Fax {
                         }
                         let is_1d = if two_d {
                             if !bits.need(1) {
-                                self.cleanup(&mut r).map_err(|_| of)?;
-                                self.fill(row_out, r.thisrun, r.pa);
                                 return Err(FaxError::Truncated { row: y });
                             }
                             let b = bits.peek(1) == 1;
@@ -370,10 +376,10 @@ impl Fax {
                             self.expand_2d(&mut r, &mut bits, &mut eolcnt)
                         }
                         .map_err(|_| of)?;
-                        self.fill(row_out, r.thisrun, r.pa);
                         if let Flow::Eof = flow {
                             return Err(FaxError::Truncated { row: y });
                         }
+                        self.fill(row_out, r.thisrun, r.pa);
                         if two_d {
                             if r.pa < r.thisrun + self.nruns {
                                 self.set(&mut r, 0).map_err(|_| of)?;
@@ -387,10 +393,10 @@ impl Fax {
                         let flow = self
                             .expand_2d(&mut r, &mut bits, &mut eolcnt)
                             .map_err(|_| of)?;
+                        self.fill(row_out, r.thisrun, r.pa);
                         if matches!(flow, Flow::Eof) || eolcnt != 0 {
                             // End of data or EOFB: this row as far as it goes, and the strip
                             // ends here; an error only when no row was completed.
-                            self.fill(row_out, r.thisrun, r.pa);
                             return if y > 0 {
                                 Ok(())
                             } else {
@@ -452,16 +458,8 @@ impl Fax {
         Ok(())
     }
 
-    /// One run of `table`'s colour: make-up codes then a terminating code. `Ok(None)` for the
-    /// end of the data, `Ok(Some(false))` for anything but a terminating code (with `eol` set
-    /// when it was an EOL).
-    fn run(
-        &mut self,
-        r: &mut Row,
-        bits: &mut Bits,
-        black: bool,
-        eol: &mut bool,
-    ) -> Result<Option<bool>, Overflow> {
+    /// One run of the given colour: make-up codes then a terminating code.
+    fn run(&mut self, r: &mut Row, bits: &mut Bits, black: bool) -> Result<RunEnd, Overflow> {
         let (table, size) = if black {
             (&tables().black, 13)
         } else {
@@ -469,24 +467,27 @@ impl Fax {
         };
         loop {
             let Some(e) = bits.lookup(table, size) else {
-                return Ok(None);
+                return Ok(RunEnd::Eof);
             };
             match e.state {
                 State::Term => {
                     self.set(r, e.param as i32)?;
-                    return Ok(Some(true));
+                    return Ok(RunEnd::Term);
                 }
                 State::MakeUp => {
                     r.a0 = r.a0.wrapping_add(e.param as i32);
                     r.run_length = r.run_length.wrapping_add(e.param as i32);
                 }
-                State::Eol => {
-                    *eol = true;
-                    return Ok(Some(false));
-                }
-                _ => return Ok(Some(false)),
+                State::Eol => return Ok(RunEnd::Eol),
+                _ => return Ok(RunEnd::Bad),
             }
         }
+    }
+
+    /// Ends the row: libtiff's `CLEANUP_RUNS`, then how the row ended.
+    fn end(&mut self, r: &mut Row, flow: Flow) -> Result<Flow, Overflow> {
+        self.cleanup(r)?;
+        Ok(flow)
     }
 
     /// libtiff's `EXPAND1D`: alternating white and black runs to the end of the row.
@@ -498,24 +499,17 @@ impl Fax {
     ) -> Result<Flow, Overflow> {
         loop {
             for black in [false, true] {
-                let mut eol = false;
-                match self.run(r, bits, black, &mut eol)? {
-                    None => {
-                        self.cleanup(r)?;
-                        return Ok(Flow::Eof);
+                match self.run(r, bits, black)? {
+                    RunEnd::Eof => return self.end(r, Flow::Eof),
+                    RunEnd::Eol => {
+                        *eolcnt = 1;
+                        return self.end(r, Flow::Done);
                     }
-                    Some(false) => {
-                        if eol {
-                            *eolcnt = 1;
-                        }
-                        self.cleanup(r)?;
-                        return Ok(Flow::Done);
-                    }
-                    Some(true) => {}
+                    RunEnd::Bad => return self.end(r, Flow::Done),
+                    RunEnd::Term => {}
                 }
                 if r.a0 >= r.lastx {
-                    self.cleanup(r)?;
-                    return Ok(Flow::Done);
+                    return self.end(r, Flow::Done);
                 }
             }
             // A zero-length black and white pair changes nothing: drop it.
@@ -564,8 +558,7 @@ impl Fax {
                 return Err(Overflow);
             }
             let Some(e) = bits.lookup(&t.main, 7) else {
-                self.cleanup(r)?;
-                return Ok(Flow::Eof);
+                return self.end(r, Flow::Eof);
             };
             match e.state {
                 State::Pass => {
@@ -580,18 +573,11 @@ impl Fax {
                     // The first run has the colour the row is at: black after an odd count.
                     let first_black = (r.pa - r.thisrun) & 1 == 1;
                     for black in [first_black, !first_black] {
-                        let mut eol = false;
-                        match self.run(r, bits, black, &mut eol)? {
-                            None => {
-                                self.cleanup(r)?;
-                                return Ok(Flow::Eof);
-                            }
+                        match self.run(r, bits, black)? {
+                            RunEnd::Eof => return self.end(r, Flow::Eof),
                             // A bad code (an EOL here counts as one): end the row.
-                            Some(false) => {
-                                self.cleanup(r)?;
-                                return Ok(Flow::Done);
-                            }
-                            Some(true) => {}
+                            RunEnd::Eol | RunEnd::Bad => return self.end(r, Flow::Done),
+                            RunEnd::Term => {}
                         }
                     }
                     self.check_b1(r)?;
@@ -611,8 +597,7 @@ impl Fax {
                     self.check_b1(r)?;
                     if r.b1 < r.a0.wrapping_add(e.param as i32) {
                         // A change left of a0: a bad code word, the row ends.
-                        self.cleanup(r)?;
-                        return Ok(Flow::Done);
+                        return self.end(r, Flow::Done);
                     }
                     self.set(r, r.b1.wrapping_sub(r.a0).wrapping_sub(e.param as i32))?;
                     r.pb = r.pb.wrapping_sub(1);
@@ -622,38 +607,30 @@ impl Fax {
                     self.push_rest(r)?;
                     if e.state == State::Eol {
                         if !bits.need(4) {
-                            self.cleanup(r)?;
-                            return Ok(Flow::Eof);
+                            return self.end(r, Flow::Eof);
                         }
                         bits.consume(4);
                         *eolcnt = 1;
                     }
-                    self.cleanup(r)?;
-                    return Ok(Flow::Done);
+                    return self.end(r, Flow::Done);
                 }
-                _ => {
-                    self.cleanup(r)?;
-                    return Ok(Flow::Done);
-                }
+                _ => return self.end(r, Flow::Done),
             }
         }
         if r.run_length != 0 {
             if r.run_length.wrapping_add(r.a0) < r.lastx {
                 // A final V0 is expected.
                 if !bits.need(1) {
-                    self.cleanup(r)?;
-                    return Ok(Flow::Eof);
+                    return self.end(r, Flow::Eof);
                 }
                 if bits.peek(1) == 0 {
-                    self.cleanup(r)?;
-                    return Ok(Flow::Done);
+                    return self.end(r, Flow::Done);
                 }
                 bits.consume(1);
             }
             self.set(r, 0)?;
         }
-        self.cleanup(r)?;
-        Ok(Flow::Done)
+        self.end(r, Flow::Done)
     }
 
     /// The rest of the row as one run, unchecked against `a0` (libtiff's `*pa++ = lastx - a0`).

@@ -270,7 +270,7 @@ fn read(
     h: u64,
     kind: Kind,
     codec: Codec,
-    mut reversed: bool,
+    reversed: bool,
     check_size: impl FnOnce(u32, u32) -> Result<(), crate::InputError>,
 ) -> Result<(RgbImage, Option<u16>), RawError> {
     let corrupt = |s: String| RawError::Corrupt(format!("TIFF: {s}"));
@@ -310,12 +310,11 @@ fn read(
     let mut rgb = vec![0u8; w * h * 3];
     let mut y = 0usize;
     let mut fax = match codec {
-        Codec::Fax(scheme) => {
-            // The fax decoder undoes FillOrder itself; its rows are in normal bit order.
-            Some((ccitt::Fax::new(scheme, w32), std::mem::take(&mut reversed)))
-        }
+        Codec::Fax(scheme) => Some(ccitt::Fax::new(scheme, w32)),
         _ => None,
     };
+    // The fax decoder undoes FillOrder itself; its rows are in normal bit order.
+    let unpack_reversed = reversed && fax.is_none();
     for (s, &off) in offsets.iter().enumerate() {
         if y >= h {
             break;
@@ -329,9 +328,9 @@ fn read(
                 .get(off..off.saturating_add(count).min(bytes.len()))
                 .ok_or_else(|| corrupt("strip offset past the end of the file".into()))
         };
-        let data: &[u8] = if let Some((fax, fax_reversed)) = fax.as_mut() {
+        let data: &[u8] = if let Some(fax) = fax.as_mut() {
             decoded = fax
-                .strip(strip()?, rows, *fax_reversed)
+                .strip(strip()?, rows, reversed)
                 .map_err(|e| corrupt(format!("{e} in strip {s}")))?;
             &decoded
         } else if codec == Codec::Lzw {
@@ -362,7 +361,7 @@ fn read(
         for r in 0..rows {
             let row = &data[r * row_bytes..(r + 1) * row_bytes];
             let out = &mut rgb[(y + r) * w * 3..(y + r + 1) * w * 3];
-            unpack_row(row, out, kind, &palette, reversed, le);
+            unpack_row(row, out, kind, &palette, unpack_reversed, le);
         }
         y += rows;
     }

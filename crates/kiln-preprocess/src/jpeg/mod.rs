@@ -188,36 +188,27 @@ impl<'a> Parser<'a> {
     /// end of the data. Bytes before a marker are skipped, as libjpeg skips them.
     fn next_segment(&mut self) -> Result<Option<(u8, &'a [u8])>, JpegError> {
         let d = self.data;
-        loop {
-            while self.pos < d.len() && d[self.pos] != 0xFF {
-                self.pos += 1;
-            }
-            while self.pos < d.len() && d[self.pos] == 0xFF {
-                self.pos += 1;
-            }
-            if self.pos >= d.len() {
-                return Ok(None);
-            }
-            let m = d[self.pos];
-            self.pos += 1;
-            match m {
-                0x00 => continue,
-                0x01 | 0xD0..=0xD9 => return Ok(Some((m, &[]))),
-                _ => {
-                    if self.pos + 2 > d.len() {
-                        return Err(JpegError::Truncated("inside a marker segment".into()));
-                    }
-                    let len = be16(d, self.pos);
-                    if len < 2 {
-                        return Err(JpegError::Corrupt("bad marker segment length".into()));
-                    }
-                    if self.pos + len > d.len() {
-                        return Err(JpegError::Truncated("inside a marker segment".into()));
-                    }
-                    let seg = &d[self.pos + 2..self.pos + len];
-                    self.pos += len;
-                    return Ok(Some((m, seg)));
+        let Some((_, m, after)) = next_marker(d, self.pos) else {
+            self.pos = d.len();
+            return Ok(None);
+        };
+        self.pos = after;
+        match m {
+            0x01 | 0xD0..=0xD9 => Ok(Some((m, &[]))),
+            _ => {
+                if self.pos + 2 > d.len() {
+                    return Err(JpegError::Truncated("inside a marker segment".into()));
                 }
+                let len = be16(d, self.pos);
+                if len < 2 {
+                    return Err(JpegError::Corrupt("bad marker segment length".into()));
+                }
+                if self.pos + len > d.len() {
+                    return Err(JpegError::Truncated("inside a marker segment".into()));
+                }
+                let seg = &d[self.pos + 2..self.pos + len];
+                self.pos += len;
+                Ok(Some((m, seg)))
             }
         }
     }
@@ -265,6 +256,23 @@ pub fn decode_with_isa(data: &[u8], isa: Isa) -> Result<JpegImage, JpegError> {
         info: parts.info,
         data,
     })
+}
+
+/// The next marker from `from` as libjpeg's `next_marker` finds it: a 0xFF, any 0xFF fill bytes,
+/// then a code other than 0 (an 0xFF 0x00 pair is data and is skipped). `(position of the
+/// 0xFF, code, position after the code)`; `None` at the end of the data.
+pub(crate) fn next_marker(data: &[u8], mut from: usize) -> Option<(usize, u8, usize)> {
+    loop {
+        let ff = from + data.get(from..)?.iter().position(|&b| b == 0xFF)?;
+        let mut q = ff + 1;
+        while data.get(q) == Some(&0xFF) {
+            q += 1;
+        }
+        match *data.get(q)? {
+            0 => from = q + 1,
+            code => return Some((q - 1, code, q + 1)),
+        }
+    }
 }
 
 /// Everything up to the samples: the frame, all coefficients, the colour space.

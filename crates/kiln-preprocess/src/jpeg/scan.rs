@@ -3,7 +3,7 @@
 
 use super::huffman::{BitReader, HuffTable};
 use super::markers::{Frame, ZIGZAG};
-use super::JpegError;
+use super::{next_marker, JpegError};
 
 /// One scan's header.
 pub struct ScanHeader {
@@ -192,23 +192,6 @@ pub fn decode_scan(
         insufficient = r.overran();
     }
     r.to_marker()
-}
-
-/// The next marker from `from` as libjpeg's `next_marker` finds it: a 0xFF, any 0xFF fill bytes,
-/// then a code other than 0 (an 0xFF 0x00 pair is data and is skipped). `(position of the
-/// 0xFF, code, position after the code)`; `None` at the end of the data.
-fn next_marker(data: &[u8], mut from: usize) -> Option<(usize, u8, usize)> {
-    loop {
-        let ff = from + data.get(from..)?.iter().position(|&b| b == 0xFF)?;
-        let mut q = ff + 1;
-        while data.get(q) == Some(&0xFF) {
-            q += 1;
-        }
-        match *data.get(q)? {
-            0 => from = q + 1,
-            code => return Some((q - 1, code, q + 1)),
-        }
-    }
 }
 
 /// Where the entropy data resumes at the end of a restart interval, as libjpeg's
