@@ -7,6 +7,10 @@
 //!   `num_batches_tracked` and heads the user may not want), the build reads only what the
 //!   architecture names;
 //! - NaN or infinite weights are refused when the file is read, naming the tensor.
+//!
+//! Every case also runs under a counting allocator: the most memory a refusal may allocate is
+//! the file's size plus [`ALLOC_SLACK`] (4 MiB), so that no size, count or offset a file
+//! claims can make kiln allocate for it.
 
 mod common;
 
@@ -15,6 +19,75 @@ use kiln_runtime::{Classifier, TrainingSpec};
 use serde_json::{json, Value};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// The system allocator, counting the bytes live and the most ever live since the last reset.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator, which upholds
+// GlobalAlloc's contract; the counters are only arithmetic on the side.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        // SAFETY: the caller's layout is passed on as given.
+        let p = unsafe { std::alloc::System.alloc(l) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(l.size(), Relaxed) + l.size();
+            PEAK.fetch_max(now, Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size(), Relaxed);
+        // SAFETY: `p` came from `alloc`/`realloc` above with this layout.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        // SAFETY: forwarded as given; `p` was allocated here with layout `l`.
+        let q = unsafe { std::alloc::System.realloc(p, l, new) };
+        if !q.is_null() {
+            if new >= l.size() {
+                let now = LIVE.fetch_add(new - l.size(), Relaxed) + new - l.size();
+                PEAK.fetch_max(now, Relaxed);
+            } else {
+                LIVE.fetch_sub(l.size() - new, Relaxed);
+            }
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The tests of this file run one at a time so that the allocator's peak is one case's.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A refusal may allocate this many times the file's size (it is read whole once) ...
+const ALLOC_FACTOR: usize = 1;
+/// ... plus this much (headers, parsers, the first tensors a model builds, error text).
+/// Measured: at most 0.3 MB over the file's size (tests/malformed.rs --nocapture).
+const ALLOC_SLACK: usize = 4 << 20;
+
+/// Runs `f` and returns its result with the most memory it had allocated at once.
+fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = LIVE.load(Relaxed);
+    PEAK.store(base, Relaxed);
+    let r = f();
+    (r, PEAK.load(Relaxed).saturating_sub(base))
+}
+
+fn check_alloc(name: &str, file_len: usize, peak: usize) {
+    let bound = ALLOC_FACTOR * file_len + ALLOC_SLACK;
+    eprintln!("{name}: {file_len} bytes, peak allocation {peak} bytes");
+    assert!(
+        peak <= bound,
+        "{name}: allocated {peak} bytes for a {file_len}-byte file (bound {bound})"
+    );
+}
 
 fn dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("kiln-malformed-{}", std::process::id()));
@@ -91,15 +164,21 @@ fn with_spec(edit: impl FnOnce(&mut Value)) -> Vec<u8> {
 fn build(name: &str, bytes: &[u8]) -> Option<String> {
     let p = dir().join(name);
     std::fs::write(&p, bytes).unwrap();
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        Classifier::builder().weights(&p).build()
-    }))
-    .unwrap_or_else(|_| panic!("{name}: panicked"));
+    let (r, peak) = peak_of(|| {
+        catch_unwind(AssertUnwindSafe(|| {
+            Classifier::builder().weights(&p).build()
+        }))
+    });
+    let r = r.unwrap_or_else(|_| panic!("{name}: panicked"));
+    if r.is_err() {
+        check_alloc(name, bytes.len(), peak);
+    }
     r.err().map(|e| format!("{e:#}"))
 }
 
 #[test]
 fn malformed_weight_files_are_refused_naming_the_file_and_field() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (h, data) = shipped();
     let whole = assemble(&h, &data);
     let hlen = u64::from_le_bytes(whole[..8].try_into().unwrap()) as usize;
@@ -213,6 +292,7 @@ fn malformed_weight_files_are_refused_naming_the_file_and_field() {
 
 #[test]
 fn extra_tensors_are_accepted() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let bytes = rebuild(|ts, _| {
         let t = ts
             .iter()
@@ -241,6 +321,7 @@ fn spec_error(name: &str, edit: impl FnOnce(&mut Value)) -> String {
 
 #[test]
 fn malformed_specs_are_refused_naming_the_file_and_field() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     type Edit = Box<dyn FnOnce(&mut Value)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
         (
@@ -315,6 +396,7 @@ fn malformed_specs_are_refused_naming_the_file_and_field() {
 
 #[test]
 fn a_label_file_of_the_wrong_length_is_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let d = dir();
     let labels = d.join("short-labels.txt");
     let text = std::fs::read_to_string(d.join("imagenet-1k.txt")).unwrap();
@@ -334,7 +416,9 @@ fn a_label_file_of_the_wrong_length_is_refused() {
 fn pth_error(name: &str, bytes: &[u8]) -> String {
     let p: &Path = &dir().join(name);
     std::fs::write(p, bytes).unwrap();
-    let r = catch_unwind(|| read_pth(p)).unwrap_or_else(|_| panic!("{name}: panicked"));
+    let (r, peak) = peak_of(|| catch_unwind(|| read_pth(p)));
+    let r = r.unwrap_or_else(|_| panic!("{name}: panicked"));
+    check_alloc(name, bytes.len(), peak);
     format!(
         "{}",
         r.err().unwrap_or_else(|| panic!("{name}: was accepted"))
@@ -343,6 +427,7 @@ fn pth_error(name: &str, bytes: &[u8]) -> String {
 
 #[test]
 fn malformed_checkpoints_are_refused() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let good =
         std::fs::read(common::repo().join("tests/fixtures/checkpoints/state_dict.pth")).unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -355,9 +440,101 @@ fn malformed_checkpoints_are_refused() {
         ),
         ("cut_zip.pth", good[..good.len() / 2].to_vec()),
         ("zip_head_only.pth", good[..64.min(good.len())].to_vec()),
+        // Zip entries whose local and central headers claim ~4 GiB: the storage, the pickle.
+        ("zip_storage_size_lies.pth", zip_sizes_lie(&good, "/data/0")),
+        ("zip_pickle_size_lies.pth", zip_sizes_lie(&good, "data.pkl")),
+        // Legacy storages whose element count lies: past the end, past usize, short of the
+        // tensor that views it.
+        ("legacy_count_past_end.pth", legacy_count(1 << 40)),
+        ("legacy_count_overflows.pth", legacy_count(u64::MAX / 2)),
+        ("legacy_count_short.pth", legacy_count(2)),
+        ("legacy_cut.pth", legacy()[..legacy().len() - 20].to_vec()),
+        // A pickled string claiming ~4 GiB (fuzzing found candle's unpickler allocating it).
+        (
+            "pickle_string_length_lies.pth",
+            std::fs::read(common::repo().join("fuzz/regressions/pth/oom-binunicode-length.pth"))
+                .unwrap(),
+        ),
     ];
     for (name, bytes) in cases {
         let err = pth_error(name, &bytes);
-        assert!(!err.is_empty(), "{name}");
+        assert!(
+            err.contains(name),
+            "{name}: the error does not name the file: {err}"
+        );
     }
+    // Only the uncompressed size lies; the compressed size (which bounds the read of a stored
+    // entry) and the CRC are true: the bytes are intact, so the checkpoint is read, as the zip
+    // crate reads it, without allocating for the claimed 4 GiB.
+    let name = "zip_uncompressed_size_lies.pth";
+    let bytes = zip_field_lies(&good, "/data/0", 24, 22);
+    let p = dir().join(name);
+    std::fs::write(&p, &bytes).unwrap();
+    let (r, peak) = peak_of(|| read_pth(&p));
+    check_alloc(name, bytes.len(), peak);
+    let ck = r.unwrap_or_else(|e| panic!("{name}: {e}"));
+    let want = read_pth(&common::repo().join("tests/fixtures/checkpoints/state_dict.pth")).unwrap();
+    assert_eq!(ck.tensors, want.tensors, "{name}");
+}
+
+/// The hand-pickled legacy checkpoint (python/make_fuzz_seeds.py): `conv1.weight` [4,3,1,1],
+/// `fc.weight` [2,4], `fc.bias` [2], values 0, 0.1, 0.2, ...
+fn legacy() -> Vec<u8> {
+    std::fs::read(common::repo().join("tests/fixtures/malformed/legacy.pth")).unwrap()
+}
+
+/// `legacy()` with the first storage's element count (an i64 before its 12 floats, 112 bytes
+/// from the end) replaced.
+fn legacy_count(n: u64) -> Vec<u8> {
+    let mut b = legacy();
+    let at = b.len() - 112;
+    assert_eq!(b[at..at + 8], 12u64.to_le_bytes(), "fixture layout");
+    b[at..at + 8].copy_from_slice(&n.to_le_bytes());
+    b
+}
+
+/// Sets, in every local and central zip header of entries whose name ends with `suffix`, the
+/// 4-byte field at `central` (central header) and `local` (local header) to 0xFFFF_FFF0.
+fn zip_field_lies(zip: &[u8], suffix: &str, central: usize, local: usize) -> Vec<u8> {
+    let mut b = zip.to_vec();
+    let mut hits = 0;
+    let lie = 0xFFFF_FFF0u32.to_le_bytes();
+    for i in 0..b.len().saturating_sub(46) {
+        let (name_at, name_len_at, field) = match &b[i..i + 4] {
+            b"PK\x01\x02" => (i + 46, i + 28, i + central),
+            b"PK\x03\x04" => (i + 30, i + 26, i + local),
+            _ => continue,
+        };
+        let n = u16::from_le_bytes([b[name_len_at], b[name_len_at + 1]]) as usize;
+        if b.get(name_at..name_at + n)
+            .is_some_and(|name| name.ends_with(suffix.as_bytes()))
+        {
+            b[field..field + 4].copy_from_slice(&lie);
+            hits += 1;
+        }
+    }
+    assert!(
+        hits >= 2,
+        "{suffix}: local and central headers not both found"
+    );
+    b
+}
+
+/// Both the compressed and the uncompressed size of the entry claim ~4 GiB.
+fn zip_sizes_lie(zip: &[u8], suffix: &str) -> Vec<u8> {
+    let b = zip_field_lies(zip, suffix, 20, 18);
+    zip_field_lies(&b, suffix, 24, 22)
+}
+
+#[test]
+fn the_hand_pickled_legacy_checkpoint_reads() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let p = dir().join("legacy_ok.pth");
+    std::fs::write(&p, legacy()).unwrap();
+    let ck = read_pth(&p).unwrap();
+    let names: Vec<_> = ck.tensors.iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(names, ["conv1.weight", "fc.weight", "fc.bias"]);
+    assert_eq!(ck.tensors[1].1.shape, [2, 4]);
+    let v = ck.tensors[1].1.to_f32().unwrap();
+    assert!((v[7] - 0.7).abs() < 1e-6, "{v:?}");
 }

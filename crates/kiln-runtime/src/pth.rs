@@ -133,18 +133,91 @@ pub fn read_pth(path: &Path) -> Result<Checkpoint, PthError> {
         path: p.clone(),
         error,
     })?;
+    read_pth_bytes(&bytes, &p)
+}
+
+/// [`read_pth`] on a checkpoint already in memory; `name` names it in errors.
+pub fn read_pth_bytes(bytes: &[u8], name: &str) -> Result<Checkpoint, PthError> {
     let fail = |reason: String| PthError::Format {
-        path: p.clone(),
+        path: name.to_string(),
         reason,
     };
     if bytes.starts_with(b"PK\x03\x04") {
-        read_zip(&bytes).map_err(fail)
+        read_zip(bytes).map_err(fail)
     } else {
-        read_legacy(&bytes).map_err(fail)
+        read_legacy(bytes).map_err(fail)
     }
 }
 
+/// Walks the opcodes of the pickle starting at `data[0]` (the subset `candle_core::pickle`
+/// executes) up to its STOP, refusing a length-prefixed argument longer than the bytes left
+/// and integers wider than 8 bytes. candle allocates a `BINUNICODE` string's claimed length (up
+/// to 4 GiB) before reading it, so a 20-byte file could ask for 4 GiB. Both found by fuzzing
+/// (fuzz/regressions/pth/).
+fn check_pickle_lengths(data: &[u8]) -> Result<(), String> {
+    let mut i = 0usize;
+    let arg = |i: usize, n: usize| -> Result<&[u8], String> {
+        data.get(i..i + n)
+            .ok_or_else(|| format!("bad pickle: opcode at byte {} is cut short", i - 1))
+    };
+    while i < data.len() {
+        let op = data[i];
+        i += 1;
+        let skip = match op {
+            b'.' => return Ok(()),
+            // BINUNICODE: u32 length, then that many bytes.
+            b'X' => {
+                let n = u32::from_le_bytes(arg(i, 4)?.try_into().expect("4 bytes")) as usize;
+                if n > data.len() - i - 4 {
+                    return Err(format!(
+                        "bad pickle: a string at byte {} claims {n} bytes, {} remain",
+                        i - 1,
+                        data.len() - i - 4
+                    ));
+                }
+                4 + n
+            }
+            // GLOBAL: module and name, each ended by a newline.
+            b'c' => {
+                let mut end = i;
+                for _ in 0..2 {
+                    end += data[end.min(data.len())..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .ok_or("bad pickle: GLOBAL without its newline")?
+                        + 1;
+                }
+                end - i
+            }
+            // LONG1: a one-byte length, then the bytes. candle folds them into an i64 by
+            // shifting, which overflows past 8 bytes (a panic with debug assertions, garbage
+            // without; found by fuzzing). No tensor field needs more.
+            0x8a => {
+                let n = *arg(i, 1)?.first().expect("1 byte") as usize;
+                if n > 8 {
+                    return Err(format!(
+                        "bad pickle: a {n}-byte integer at byte {} (at most 8 are read)",
+                        i - 1
+                    ));
+                }
+                1 + n
+            }
+            0x80 | b'q' | b'K' | b'h' => 1,
+            b'M' => 2,
+            b'r' | b'J' | b'j' => 4,
+            b'G' => 8,
+            // Argument-free opcodes; anything else is left for candle to refuse.
+            _ => 0,
+        };
+        arg(i, skip)?;
+        i += skip;
+    }
+    Ok(())
+}
+
 fn unpickle(r: &mut Cursor<&[u8]>) -> Result<Object, String> {
+    let at = r.position() as usize;
+    check_pickle_lengths(r.get_ref().get(at..).unwrap_or_default())?;
     let mut stack = Stack::empty();
     stack.read_loop(r).map_err(|e| format!("bad pickle: {e}"))?;
     stack.finalize().map_err(|e| format!("bad pickle: {e}"))

@@ -49,6 +49,12 @@ impl WeightFile {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// Indexes safetensors bytes already in memory; `path` names them in errors and is where
+    /// sidecar specs are looked for.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, RuntimeError> {
         let (_, meta) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| RuntimeError::Weights {
                 path: path.display().to_string(),

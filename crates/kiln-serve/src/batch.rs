@@ -198,29 +198,8 @@ impl Model {
         data: Vec<f32>,
     ) -> Result<Vec<Prepared>, ServeError> {
         let want = self.input_shape();
-        let ok = shape.len() == 4
-            && shape[0] >= 0
-            && shape[1..].iter().zip(want).all(|(&a, b)| a == b as i64);
-        if !ok {
-            return Err(ServeError::BadRequest(format!(
-                "FP32 input has shape {shape:?}; model {} takes [N, {}, {}, {}]",
-                self.name, want[0], want[1], want[2]
-            )));
-        }
+        check_pixels(&self.name, want, shape, &data)?;
         let per: usize = want.iter().product();
-        let n = shape[0] as usize;
-        if data.len() != n * per {
-            return Err(ServeError::BadRequest(format!(
-                "FP32 input has {} values; shape {shape:?} needs {}",
-                data.len(),
-                n * per
-            )));
-        }
-        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(ServeError::BadRequest(format!(
-                "FP32 input value {i} is not finite"
-            )));
-        }
         Ok(data
             .chunks(per)
             .map(|c| Prepared {
@@ -403,4 +382,39 @@ fn run_batch(c: &Classifier, name: &str, jobs: Vec<Job>, metrics: &Metrics) {
         // A client that disconnected meanwhile simply drops its answer; the others still get theirs.
         let _ = job.reply.send(Ok(probs));
     }
+}
+
+/// Checks an FP32 pixel tensor `[N, C, H, W]` against the model's input shape `want`: the
+/// shape, the number of values and that every value is finite.
+pub fn check_pixels(
+    model_name: &str,
+    want: [usize; 3],
+    shape: &[i64],
+    data: &[f32],
+) -> Result<(), ServeError> {
+    let ok = shape.len() == 4
+        && shape[0] >= 0
+        && shape[1..].iter().zip(want).all(|(&a, b)| a == b as i64);
+    if !ok {
+        return Err(ServeError::BadRequest(format!(
+            "FP32 input has shape {shape:?}; model {} takes [N, {}, {}, {}]",
+            model_name, want[0], want[1], want[2]
+        )));
+    }
+    let per: usize = want.iter().product();
+    let n = shape[0] as usize;
+    // A claimed N near i64::MAX must not overflow the count it is checked against.
+    if n.checked_mul(per) != Some(data.len()) {
+        return Err(ServeError::BadRequest(format!(
+            "FP32 input has {} values; shape {shape:?} needs {}",
+            data.len(),
+            (n as u128) * (per as u128)
+        )));
+    }
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Err(ServeError::BadRequest(format!(
+            "FP32 input value {i} is not finite"
+        )));
+    }
+    Ok(())
 }

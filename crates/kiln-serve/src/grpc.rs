@@ -47,6 +47,55 @@ fn to_param(p: &pb::InferParameter) -> Option<Param> {
     })
 }
 
+/// Reads a `ModelInferRequest`'s inputs (typed contents or `raw_input_contents`), parameters
+/// and requested outputs. No model is needed for this.
+pub fn parse_infer_request(
+    r: &pb::ModelInferRequest,
+) -> Result<(Vec<InputTensor>, crate::InferParams, Vec<&'static str>), ServeError> {
+    let raw = !r.raw_input_contents.is_empty();
+    if raw && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(ServeError::BadRequest(format!(
+            "{} raw_input_contents for {} inputs",
+            r.raw_input_contents.len(),
+            r.inputs.len()
+        )));
+    }
+    let mut inputs = vec![];
+    for (i, inp) in r.inputs.iter().enumerate() {
+        let what = format!("input `{}`", inp.name);
+        let data = if raw {
+            tensor::raw_to_data(&inp.datatype, r.raw_input_contents[i].clone().into(), &what)?
+        } else {
+            let c = inp.contents.clone().unwrap_or_default();
+            match inp.datatype.as_str() {
+                "BYTES" => {
+                    TensorData::Bytes(c.bytes_contents.into_iter().map(Into::into).collect())
+                }
+                "FP32" => TensorData::F32(c.fp32_contents),
+                other => {
+                    return Err(ServeError::BadRequest(format!(
+                        "{what}: datatype {other} is not accepted (BYTES images or FP32 tensors)"
+                    )))
+                }
+            }
+        };
+        inputs.push(InputTensor {
+            name: inp.name.clone(),
+            datatype: inp.datatype.clone(),
+            shape: inp.shape.clone(),
+            data,
+        });
+    }
+    let params = parse_params(
+        r.parameters
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), to_param(v)?))),
+    )?;
+    let names: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
+    let wanted = tensor::requested_outputs(&names)?;
+    Ok((inputs, params, wanted))
+}
+
 #[tonic::async_trait]
 impl GrpcInferenceService for Service {
     async fn server_live(
@@ -162,48 +211,7 @@ impl Service {
             return Err(fail(ServeError::NotReady(model.name.clone())));
         }
         let raw = !r.raw_input_contents.is_empty();
-        if raw && r.raw_input_contents.len() != r.inputs.len() {
-            return Err(fail(ServeError::BadRequest(format!(
-                "{} raw_input_contents for {} inputs",
-                r.raw_input_contents.len(),
-                r.inputs.len()
-            ))));
-        }
-        let mut inputs = vec![];
-        for (i, inp) in r.inputs.iter().enumerate() {
-            let what = format!("input `{}`", inp.name);
-            let data = if raw {
-                tensor::raw_to_data(&inp.datatype, r.raw_input_contents[i].clone().into(), &what)
-                    .map_err(fail)?
-            } else {
-                let c = inp.contents.clone().unwrap_or_default();
-                match inp.datatype.as_str() {
-                    "BYTES" => {
-                        TensorData::Bytes(c.bytes_contents.into_iter().map(Into::into).collect())
-                    }
-                    "FP32" => TensorData::F32(c.fp32_contents),
-                    other => {
-                        return Err(fail(ServeError::BadRequest(format!(
-                        "{what}: datatype {other} is not accepted (BYTES images or FP32 tensors)"
-                    ))))
-                    }
-                }
-            };
-            inputs.push(InputTensor {
-                name: inp.name.clone(),
-                datatype: inp.datatype.clone(),
-                shape: inp.shape.clone(),
-                data,
-            });
-        }
-        let params = parse_params(
-            r.parameters
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str(), to_param(v)?))),
-        )
-        .map_err(fail)?;
-        let names: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
-        let wanted = tensor::requested_outputs(&names).map_err(fail)?;
+        let (inputs, params, wanted) = parse_infer_request(&r).map_err(fail)?;
         let outputs = tensor::infer(
             model,
             inputs,

@@ -308,53 +308,32 @@ fn json_data(inp: &JsonInput) -> Result<TensorData, ServeError> {
     }
 }
 
-fn body_error(e: BytesRejection) -> ServeError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ServeError::TooLarge(format!("request body is over the server's limit: {e}"))
-    } else {
-        ServeError::BadRequest(format!("cannot read the request body: {e}"))
+/// An inference request body read and checked: its JSON, the input tensors (binary data
+/// split out), the parameters and the outputs asked for. No model is needed for this.
+pub struct ParsedInfer {
+    req: InferRequest,
+    /// The inputs, each with its data.
+    pub inputs: Vec<InputTensor>,
+    /// `top_k`, `threshold`, `tta`, `timeout_ms`.
+    pub params: crate::batch::InferParams,
+    /// The outputs to answer with.
+    pub wanted: Vec<&'static str>,
+}
+
+impl ParsedInfer {
+    /// The request's `id`, echoed in the answer.
+    pub fn id(&self) -> Option<&str> {
+        self.req.id.as_deref()
     }
 }
 
-async fn infer(
-    State(st): St,
-    Path(p): Path<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    let name = p.get("name").cloned().unwrap_or_default();
-    st.metrics.in_flight.inc();
-    let r = infer_inner(&st, &p, &headers, body, started).await;
-    st.metrics.in_flight.dec();
-    st.metrics
-        .request_seconds
-        .observe(started.elapsed().as_secs_f64());
-    match r {
-        Ok(resp) => {
-            st.metrics.count(&name, "success");
-            resp
-        }
-        Err(e) => {
-            st.metrics.count(&name, e.reason());
-            e.into_response()
-        }
-    }
-}
-
-async fn infer_inner(
-    st: &AppState,
-    p: &HashMap<String, String>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    started: Instant,
-) -> Result<Response, ServeError> {
-    let body = body.map_err(body_error)?;
-    let model = path_model(st, p)?;
-    if !model.is_ready() {
-        return Err(ServeError::NotReady(model.name.clone()));
-    }
-    let header_len = match headers.get(HEADER_LENGTH) {
+/// Reads an inference request body: JSON, or JSON followed by binary tensor data when the
+/// `inference-header-content-length` header (`header_len`) is given.
+pub fn parse_infer_body(
+    header_len: Option<&HeaderValue>,
+    body: Bytes,
+) -> Result<ParsedInfer, ServeError> {
+    let header_len = match header_len {
         Some(v) => {
             let n: usize = v
                 .to_str()
@@ -418,6 +397,67 @@ async fn infer_inner(
     )?;
     let names: Vec<String> = req.outputs.iter().map(|o| o.name.clone()).collect();
     let wanted = tensor::requested_outputs(&names)?;
+    Ok(ParsedInfer {
+        req,
+        inputs,
+        params,
+        wanted,
+    })
+}
+
+fn body_error(e: BytesRejection) -> ServeError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ServeError::TooLarge(format!("request body is over the server's limit: {e}"))
+    } else {
+        ServeError::BadRequest(format!("cannot read the request body: {e}"))
+    }
+}
+
+async fn infer(
+    State(st): St,
+    Path(p): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let name = p.get("name").cloned().unwrap_or_default();
+    st.metrics.in_flight.inc();
+    let r = infer_inner(&st, &p, &headers, body, started).await;
+    st.metrics.in_flight.dec();
+    st.metrics
+        .request_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match r {
+        Ok(resp) => {
+            st.metrics.count(&name, "success");
+            resp
+        }
+        Err(e) => {
+            st.metrics.count(&name, e.reason());
+            e.into_response()
+        }
+    }
+}
+
+async fn infer_inner(
+    st: &AppState,
+    p: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    started: Instant,
+) -> Result<Response, ServeError> {
+    let body = body.map_err(body_error)?;
+    let model = path_model(st, p)?;
+    if !model.is_ready() {
+        return Err(ServeError::NotReady(model.name.clone()));
+    }
+    let parsed = parse_infer_body(headers.get(HEADER_LENGTH), body)?;
+    let ParsedInfer {
+        req,
+        inputs,
+        params,
+        wanted,
+    } = parsed;
     let all_binary = req
         .parameters
         .get("binary_data_output")

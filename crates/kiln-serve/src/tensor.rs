@@ -153,16 +153,9 @@ pub fn requested_outputs(names: &[String]) -> Result<Vec<&'static str>, ServeErr
         .collect()
 }
 
-/// Runs one inference: validates the single input, decodes/preprocesses, batches, and builds
-/// the requested outputs.
-pub async fn infer(
-    model: &Arc<Model>,
-    inputs: Vec<InputTensor>,
-    params: &InferParams,
-    outputs: &[&'static str],
-    started: Instant,
-    metrics: &Metrics,
-) -> Result<Vec<OutputTensor>, ServeError> {
+/// Checks a request's inputs before anything is decoded: exactly one, `image` as BYTES `[N]`
+/// with N elements or `pixels` as FP32. Returns that input.
+pub fn check_input(inputs: Vec<InputTensor>, model_name: &str) -> Result<InputTensor, ServeError> {
     let mut inputs = inputs;
     if inputs.len() != 1 {
         return Err(ServeError::BadRequest(format!(
@@ -177,7 +170,7 @@ pub async fn infer(
         other => {
             return Err(ServeError::BadRequest(format!(
                 "unknown input `{other}`; model {} takes `{IMAGE_INPUT}` (BYTES) or `{PIXELS_INPUT}` (FP32)",
-                model.name
+                model_name
             )))
         }
     };
@@ -187,15 +180,31 @@ pub async fn infer(
             input.name, input.datatype
         )));
     }
+    if let TensorData::Bytes(items) = &input.data {
+        if input.shape.len() != 1 || input.shape[0] != items.len() as i64 {
+            return Err(ServeError::BadRequest(format!(
+                "input `{IMAGE_INPUT}` has shape {:?} but {} elements; it must be [N] with N encoded images",
+                input.shape,
+                items.len()
+            )));
+        }
+    }
+    Ok(input)
+}
+
+/// Runs one inference: validates the single input, decodes/preprocesses, batches, and builds
+/// the requested outputs.
+pub async fn infer(
+    model: &Arc<Model>,
+    inputs: Vec<InputTensor>,
+    params: &InferParams,
+    outputs: &[&'static str],
+    started: Instant,
+    metrics: &Metrics,
+) -> Result<Vec<OutputTensor>, ServeError> {
+    let input = check_input(inputs, &model.name)?;
     let prepared = match input.data {
         TensorData::Bytes(items) => {
-            if input.shape.len() != 1 || input.shape[0] != items.len() as i64 {
-                return Err(ServeError::BadRequest(format!(
-                    "input `{IMAGE_INPUT}` has shape {:?} but {} elements; it must be [N] with N encoded images",
-                    input.shape,
-                    items.len()
-                )));
-            }
             let named = items
                 .into_iter()
                 .enumerate()

@@ -40,6 +40,12 @@ impl HuffTable {
             let n = counts[len as usize - 1] as usize;
             valoffset[len as usize] = k as i32 - code as i32;
             for _ in 0..n {
+                // Codes of this length are used up: the counts are oversubscribed. Checked
+                // before the lookup fill below, which would otherwise index past its end
+                // (found by fuzzing: fuzz/regressions/jpeg_decode/).
+                if code >= (1 << len) {
+                    return Err(JpegError::Corrupt("bad Huffman table".into()));
+                }
                 if len <= LOOKUP_BITS {
                     let shift = LOOKUP_BITS - len;
                     let base = (code << shift) as usize;
@@ -53,8 +59,9 @@ impl HuffTable {
             if n > 0 {
                 maxcode[len as usize] = code as i32 - 1;
             }
-            // A code that no longer fits in `len` bits means the counts are impossible.
-            if code > (1 << len) {
+            // One past the last code of this length must still fit in `len` bits: no code may
+            // be all ones (libjpeg's jpeg_make_d_derived_tbl, JERR_BAD_HUFF_TABLE).
+            if code >= (1 << len) {
                 return Err(JpegError::Corrupt("bad Huffman table".into()));
             }
             code <<= 1;

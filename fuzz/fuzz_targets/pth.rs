@@ -1,0 +1,9 @@
+//! libFuzzer entry for `harness::pth` (see `fuzz/harness.rs` for what it checks).
+#![no_main]
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(init: harness::quiet_caught_panics(), |data: &[u8]| {
+    harness::pth(data)
+});
