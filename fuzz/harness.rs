@@ -226,8 +226,11 @@ pub fn request(data: &[u8]) {
     }
 }
 
+/// A target: what it does with one input.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, for the replay test.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("jpeg_decode", jpeg_decode),
     ("preprocess", preprocess),
     ("weights", weights),

@@ -18,7 +18,7 @@ fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
-    v.retain(|p| p.is_file() && !p.file_name().is_some_and(|n| n == "README.md"));
+    v.retain(|p| p.is_file() && p.file_name().is_none_or(|n| n != "README.md"));
     v.sort();
     v
 }

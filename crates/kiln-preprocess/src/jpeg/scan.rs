@@ -331,7 +331,10 @@ fn ac_refine(
     let m1 = (-1i16) << al;
     let refine = |r: &mut BitReader, c: &mut i16| {
         if r.bit() && (*c & p1) == 0 {
-            *c += if *c >= 0 { p1 } else { m1 };
+            // libjpeg adds in int and stores back to its 16-bit JCOEF: a coefficient already at
+            // the edge of i16 (corrupt data) wraps. Found by fuzzing (an overflow panic with
+            // debug assertions; fuzz/regressions/jpeg_decode/).
+            *c = c.wrapping_add(if *c >= 0 { p1 } else { m1 });
         }
     };
     let mut k = ss;

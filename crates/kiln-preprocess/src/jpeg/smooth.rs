@@ -103,10 +103,13 @@ pub fn smooth_block(
                 p
             }
         };
+        // libjpeg negates in int and then stores to its 16-bit JCOEF; negating after the
+        // truncation overflowed for a prediction of exactly -32768 (found by fuzzing: a panic
+        // with debug assertions; fuzz/regressions/jpeg_decode/).
         if num >= 0 {
             limit(((qk << 7) + num) / (qk << 8)) as i16
         } else {
-            -(limit(((qk << 7) - num) / (qk << 8)) as i16)
+            (-limit(((qk << 7) - num) / (qk << 8))) as i16
         }
     };
 
