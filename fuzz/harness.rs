@@ -38,39 +38,40 @@ fn specs() -> &'static [TrainingSpec; 2] {
 /// EfficientNet-Lite0 spec (odd length): one spec per input halves the cost of an execution,
 /// and libFuzzer's length mutations send every input shape through both.
 pub fn preprocess(data: &[u8]) {
-    let spec = &specs()[data.len() % 2];
-    {
-        let opts = DecodeOptions {
-            min_side: kiln_preprocess::decode::min_side_for_input(spec.input_size),
-            max_pixels: FUZZ_MAX_PIXELS,
-            ..Default::default()
-        };
-        let Ok(d) = kiln_preprocess::decode_bytes(data, "fuzz-input", &opts) else {
-            return;
-        };
-        let (w, h) = d.rgb.dimensions();
-        assert!(
-            w >= opts.min_side && h >= opts.min_side,
-            "{w}x{h} passed the minimum side"
-        );
-        assert!(
-            w as u64 * h as u64 <= FUZZ_MAX_PIXELS,
-            "{w}x{h} passed the pixel limit"
-        );
-        if kiln_preprocess::transform::check_resize_fits(w, h, spec, FUZZ_MAX_PIXELS, "fuzz-input")
-            .is_err()
-        {
-            return;
-        }
-        let t = kiln_preprocess::preprocess(&d.rgb, spec);
-        let [c, th, tw] = t.shape;
-        assert_eq!([th as u32, tw as u32], spec.input_size);
-        assert_eq!(t.data.len(), c * th * tw);
-        assert!(
-            t.data.iter().all(|v| v.is_finite()),
-            "non-finite pixel value"
-        );
+    decode_and_preprocess(data, &specs()[data.len() % 2], "fuzz-input");
+}
+
+/// Decode → validate → preprocess, as `kiln classify` and the server do for one encoded image,
+/// asserting what an accepted image and its tensor must satisfy.
+fn decode_and_preprocess(data: &[u8], spec: &TrainingSpec, source: &str) {
+    let opts = DecodeOptions {
+        min_side: kiln_preprocess::decode::min_side_for_input(spec.input_size),
+        max_pixels: FUZZ_MAX_PIXELS,
+        ..Default::default()
+    };
+    let Ok(d) = kiln_preprocess::decode_bytes(data, source, &opts) else {
+        return;
+    };
+    let (w, h) = d.rgb.dimensions();
+    assert!(
+        w >= opts.min_side && h >= opts.min_side,
+        "{w}x{h} passed the minimum side"
+    );
+    assert!(
+        w as u64 * h as u64 <= FUZZ_MAX_PIXELS,
+        "{w}x{h} passed the pixel limit"
+    );
+    if kiln_preprocess::transform::check_resize_fits(w, h, spec, FUZZ_MAX_PIXELS, source).is_err() {
+        return;
     }
+    let t = kiln_preprocess::preprocess(&d.rgb, spec);
+    let [c, th, tw] = t.shape;
+    assert_eq!([th as u32, tw as u32], spec.input_size);
+    assert_eq!(t.data.len(), c * th * tw);
+    assert!(
+        t.data.iter().all(|v| v.is_finite()),
+        "non-finite pixel value"
+    );
 }
 
 /// A file path private to this process for targets whose code under test reads a path.
@@ -198,25 +199,7 @@ pub fn request(data: &[u8]) {
         match input.data {
             TensorData::Bytes(items) => {
                 for b in items.iter().take(4) {
-                    let opts = DecodeOptions {
-                        min_side: 28,
-                        max_pixels: FUZZ_MAX_PIXELS,
-                        ..Default::default()
-                    };
-                    if let Ok(d) = kiln_preprocess::decode_bytes(b, "image[0]", &opts) {
-                        let (w, h) = d.rgb.dimensions();
-                        if kiln_preprocess::transform::check_resize_fits(
-                            w,
-                            h,
-                            spec,
-                            FUZZ_MAX_PIXELS,
-                            "image[0]",
-                        )
-                        .is_ok()
-                        {
-                            let _ = kiln_preprocess::preprocess(&d.rgb, spec);
-                        }
-                    }
+                    decode_and_preprocess(b, spec, "image[0]");
                 }
             }
             TensorData::F32(v) => {

@@ -7,22 +7,12 @@
 
 #![cfg(target_os = "linux")]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use common::{http, start_serve};
+use std::time::Instant;
 
 use base64::Engine as _;
-
-fn http(addr: &str, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    s.write_all(request).unwrap();
-    // Bytes, not a String: binary tensor answers are not UTF-8.
-    let mut out = vec![];
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 fn post(path: &str, content_type: &str, extra: &str, body: &[u8]) -> Vec<u8> {
     let mut r = format!(
@@ -61,34 +51,8 @@ fn server_memory_stays_flat_over_many_requests_with_faults() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--port", "0", "--grpc-port", "0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 {
-        if let Some(rest) = line.trim().strip_prefix("kiln serve: REST on http://") {
-            addr = Some(rest.split(',').next().unwrap().to_string());
-            break;
-        }
-        line.clear();
-    }
-    std::thread::spawn(move || for _ in err.lines() {});
-    let addr = addr.expect("the server printed its address");
-    let t = Instant::now();
-    while !http(
-        &addr,
-        b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .starts_with("HTTP/1.1 200")
-    {
-        assert!(t.elapsed() < Duration::from_secs(120), "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let server = start_serve(&[]);
+    let (addr, pid) = (server.addr.clone(), server.child.id());
 
     // Photos from 48 px to ~640 px per side, each aspect different.
     let photos: Vec<Vec<u8>> = (0..12u32)
@@ -182,12 +146,7 @@ fn server_memory_stays_flat_over_many_requests_with_faults() {
         "requests {n} in {:.1} s: server VmHWM after 500 {after_warm} kB, after all {peak} kB, VmRSS {rss} kB",
         started.elapsed().as_secs_f64()
     );
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = child.wait().unwrap();
+    let status = server.stop();
     assert!(status.success(), "server exit: {status:?}");
     assert!(
         peak * 2 < after_warm * 3,

@@ -169,3 +169,72 @@ pub fn read_f32_tensors(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f32>)> 
         })
         .collect()
 }
+
+/// A `kiln serve` process on free ports (`--port 0 --grpc-port 0`), ready to answer.
+pub struct Served {
+    /// The process.
+    pub child: std::process::Child,
+    /// The REST address, `host:port`.
+    pub addr: String,
+}
+
+/// Starts `kiln serve` with `args` after the ports, reads its REST address from its log, keeps
+/// draining the log (so the server never blocks on a full pipe) and waits for
+/// `/v2/health/ready` (at most 120 s).
+pub fn start_serve(args: &[&str]) -> Served {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(kiln_bin())
+        .args(["serve", "--port", "0", "--grpc-port", "0"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 {
+        if let Some(rest) = line.trim().strip_prefix("kiln serve: REST on http://") {
+            addr = Some(rest.split(',').next().unwrap().to_string());
+            break;
+        }
+        line.clear();
+    }
+    std::thread::spawn(move || for _ in err.lines() {});
+    let addr = addr.expect("the server printed its address");
+    let t = std::time::Instant::now();
+    while !http(
+        &addr,
+        b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .starts_with("HTTP/1.1 200")
+    {
+        assert!(t.elapsed().as_secs() < 120, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Served { child, addr }
+}
+
+impl Served {
+    /// Sends SIGTERM and returns how the server exited.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        self.child.wait().unwrap()
+    }
+}
+
+/// One HTTP/1.1 exchange on a new connection (the request should say `Connection: close`):
+/// the whole answer, as text (binary tensor bytes, which are not UTF-8, replaced).
+pub fn http(addr: &str, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    s.write_all(request).unwrap();
+    let mut out = vec![];
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
