@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use crate::conv::{Conv2d, KernelKind};
 use crate::dw_nhwc;
+use crate::out::{filled_vec, Out, SharedOut};
 use crate::pw_nhwc::{Pointwise, Strides};
 
 /// Target size of one strip's expanded rows (bytes); with the depthwise output beside it and the
@@ -58,12 +59,6 @@ thread_local! {
     /// Strip buffers (expanded rows, depthwise output), reused across calls on the same thread.
     static STRIP: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
-
-/// A pointer to the output handed to the band tasks, which write disjoint rows.
-struct OutPtr(*mut f32);
-// SAFETY: each task writes only its own band of output rows.
-unsafe impl Sync for OutPtr {}
-unsafe impl Send for OutPtr {}
 
 impl InvertedResidual {
     /// Fuses `expand` (1×1, optional: expansion factor 1 has none), `dw` (depthwise) and
@@ -173,24 +168,24 @@ impl InvertedResidual {
         let cout = self.cout();
         let pad = self.dw_pad(h, w);
         let img_out = cout * oh * ow;
-        // Zero-initialised, not `set_len` on uninitialised capacity (a `&mut [f32]` over
-        // uninitialised memory is undefined behaviour). The zeroing is one pass over the output
-        // against k·k·cin multiply-adds per element, and large buffers come zeroed from the OS.
-        let mut out = vec![0f32; n * img_out];
         let bands = crate::current_threads().min(oh).max(1);
-        for (i, yi) in out.chunks_mut(img_out).enumerate() {
-            let xi = &x[i * cin * h * w..(i + 1) * cin * h * w];
-            let y = OutPtr(yi.as_mut_ptr());
-            crate::par_for(bands, |b| {
-                let y = &y;
-                let (r0, r1) = (b * oh / bands, (b + 1) * oh / bands);
-                let len = (r1 - r0) * ow * cout;
-                // SAFETY: rows r0..r1 of this image's output, disjoint between bands.
-                let yb = unsafe { std::slice::from_raw_parts_mut(y.0.add(r0 * ow * cout), len) };
-                self.band(xi, h, w, pad, (oh, ow), r0..r1, yb)
-            });
-        }
-        out
+        let fill = |mut out: Out<'_>| {
+            for i in 0..n {
+                let xi = &x[i * cin * h * w..(i + 1) * cin * h * w];
+                let y = SharedOut(out.slice(i * img_out..(i + 1) * img_out).as_mut_ptr());
+                crate::par_for(bands, |b| {
+                    let y = &y;
+                    let (r0, r1) = (b * oh / bands, (b + 1) * oh / bands);
+                    let len = (r1 - r0) * ow * cout;
+                    // SAFETY: rows r0..r1 of image i's output, inside it and disjoint between
+                    // bands (no one else touches them during the call).
+                    let yb = unsafe { Out::from_raw(y.0.add(r0 * ow * cout), len) };
+                    self.band(xi, h, w, pad, (oh, ow), r0..r1, yb)
+                });
+            }
+        };
+        // SAFETY: the bands cover every row of every image, and `band` writes all of its rows.
+        unsafe { filled_vec(n * img_out, fill) }
     }
 
     /// Output rows `rows` of one image (`y`: those rows, `[rows][ow][cout]`), strip by strip,
@@ -204,7 +199,7 @@ impl InvertedResidual {
         pad: [usize; 4],
         (oh, ow): (usize, usize),
         rows: std::ops::Range<usize>,
-        y: &mut [f32],
+        mut y: Out<'_>,
     ) {
         debug_assert!(rows.end <= oh);
         let d = self.dw.shape();
@@ -286,12 +281,13 @@ impl InvertedResidual {
             let (y0, y1) = ((a - rows.start) * ow * cout, (b - rows.start) * ow * cout);
             // With a residual, stride is 1 and the output has the input's size and layout.
             let res = self.residual.then(|| &x[a * ow * cout..b * ow * cout]);
-            self.project_pw.run(
+            // Strips cover `rows` in order, so all of `y` is written once the loop ends.
+            self.project_pw.run_into(
                 dw_out,
                 Strides::channels_last(chid),
                 npx,
                 res,
-                &mut y[y0..y1],
+                y.slice(y0..y1),
             );
             a = b;
         }

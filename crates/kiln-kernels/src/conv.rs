@@ -4,17 +4,12 @@ use std::cell::Cell;
 
 use crate::act::Activation;
 use crate::depthwise::{self, Plane};
-use crate::gemm_f32::{sgemm, sgemm_raw};
+use crate::gemm_f32::sgemm_raw;
+use crate::out::{filled_vec, Out, SharedOut};
 
 /// Fewest output pixels per thread for which a GEMM is split by pixels (columns) rather than
 /// by output channels.
 const COL_SPLIT_MIN: usize = 128;
-
-/// A pointer handed to the tasks that write disjoint parts of one buffer.
-struct SendPtr(*mut f32);
-// SAFETY: only used to write disjoint column blocks, one task each.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// Geometry of a 2-D convolution with a square kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,10 +201,7 @@ impl Conv2d {
             ow,
         };
         let ohw = oh * ow;
-        // Zero-initialised rather than `set_len` on uninitialised capacity (undefined behaviour
-        // once sliced): one pass against k·k multiply-adds per element.
-        let mut out = vec![0f32; n * c * ohw];
-        let run = |scratch: &mut depthwise::Scratch, (idx, o): (usize, &mut [f32])| {
+        let run = |scratch: &mut depthwise::Scratch, idx: usize, o: Out<'_>| {
             let ch = idx % c;
             let xs = &x[idx * h * w..(idx + 1) * h * w];
             let r = res.map(|r| &r[idx * ohw..(idx + 1) * ohw]);
@@ -224,17 +216,25 @@ impl Conv2d {
                 scratch,
             );
         };
-        if crate::current_threads() == 1 {
-            let mut scratch = depthwise::Scratch::default();
-            out.chunks_mut(ohw)
-                .enumerate()
-                .for_each(|a| run(&mut scratch, a));
-        } else {
-            crate::par_chunks_mut(&mut out, ohw, |i, o| {
-                run(&mut depthwise::Scratch::default(), (i, o))
-            });
-        }
-        out
+        let fill = |mut out: Out<'_>| {
+            if crate::current_threads() == 1 {
+                let mut scratch = depthwise::Scratch::default();
+                for idx in 0..n * c {
+                    run(&mut scratch, idx, out.slice(idx * ohw..(idx + 1) * ohw));
+                }
+            } else {
+                let optr = SharedOut(out.as_mut_ptr());
+                crate::par_for(n * c, |idx| {
+                    let optr = &optr;
+                    // SAFETY: plane `idx` of the output, this task's alone.
+                    let o = unsafe { Out::from_raw(optr.0.add(idx * ohw), ohw) };
+                    run(&mut depthwise::Scratch::default(), idx, o)
+                });
+            }
+        };
+        // SAFETY: every (image, channel) plane is handed to `depthwise::plane`, whose kernels
+        // store every output pixel of it.
+        unsafe { filled_vec(n * c * ohw, fill) }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -255,96 +255,105 @@ impl Conv2d {
         let threads = crate::current_threads();
         let img_in = s.cin * h * w;
         let img_out = s.cout * ohw;
-        // Zero-initialised rather than `set_len` on uninitialised capacity (undefined behaviour
-        // once sliced); the GEMMs overwrite it (`accumulate = false`) at kdim multiply-adds per
-        // element.
-        let mut out = vec![0f32; n * img_out];
-        let mut cols = COLS.with(|c| c.take());
-        for i in 0..n {
-            let o = &mut out[i * img_out..(i + 1) * img_out];
-            let xi = &x[i * img_in..(i + 1) * img_in];
-            let b: &[f32] = match self.kind {
-                KernelKind::Pointwise => xi,
-                _ => {
-                    cols.resize(s.cin * s.kernel * s.kernel * ohw, 0.0);
-                    im2col(xi, &s, h, w, oh, ow, &mut cols, threads);
-                    &cols
-                }
-            };
-            let r = res.map(|r| &r[i * img_out..(i + 1) * img_out]);
-            let act = self.act;
-            if s.groups == 1 && threads > 1 && ohw >= COL_SPLIT_MIN * threads {
-                // One fork-join per layer: each thread takes a block of output columns (pixels),
-                // runs its GEMM serially and then the epilogue on what it just wrote.
-                let chunk = ohw.div_ceil(threads).next_multiple_of(16);
-                let optr = SendPtr(o.as_mut_ptr());
-                crate::par_for(ohw.div_ceil(chunk), |t| {
-                    let optr = &optr;
-                    let (j0, j1) = (t * chunk, ((t + 1) * chunk).min(ohw));
-                    // SAFETY: `b` is `[kdim × ohw]`, the weight `[cout × kdim]`, `o`
-                    // `[cout × ohw]`; this task alone touches columns j0..j1 of `o`.
-                    unsafe {
-                        sgemm_raw(
-                            s.cout,
-                            j1 - j0,
-                            kdim,
-                            self.weight.as_ptr(),
-                            kdim,
-                            b[j0..].as_ptr(),
-                            ohw,
-                            optr.0.add(j0),
-                            ohw,
-                            false,
-                            1,
-                        );
-                        for co in 0..s.cout {
-                            let row =
-                                std::slice::from_raw_parts_mut(optr.0.add(co * ohw + j0), j1 - j0);
-                            let rr = r.map(|r| &r[co * ohw + j0..co * ohw + j1]);
-                            epilogue(row, j1 - j0, &self.bias[co..co + 1], rr, act);
-                        }
+        let act = self.act;
+        let fill = |mut out: Out<'_>| {
+            let mut cols = COLS.with(|c| c.take());
+            for i in 0..n {
+                let mut o = out.slice(i * img_out..(i + 1) * img_out);
+                let xi = &x[i * img_in..(i + 1) * img_in];
+                let b: &[f32] = match self.kind {
+                    KernelKind::Pointwise => xi,
+                    _ => {
+                        cols.resize(s.cin * s.kernel * s.kernel * ohw, 0.0);
+                        im2col(xi, &s, h, w, oh, ow, &mut cols, threads);
+                        &cols
                     }
-                });
-            } else if s.groups == 1 && threads > 1 {
-                // Few pixels (late layers): split the output channels instead.
-                let rows = s.cout.div_ceil(threads);
-                crate::par_chunks_mut(o, rows * ohw, |t, oc| {
-                    let c0 = t * rows;
-                    let nr = oc.len() / ohw;
-                    sgemm(
-                        nr,
-                        ohw,
-                        kdim,
-                        &self.weight[c0 * kdim..],
-                        kdim,
-                        b,
-                        ohw,
-                        oc,
-                        ohw,
-                        false,
-                        1,
-                    );
-                    let rc = r.map(|r| &r[c0 * ohw..c0 * ohw + oc.len()]);
-                    epilogue(oc, ohw, &self.bias[c0..], rc, act);
-                });
-            } else {
-                let group = |(g, og): (usize, &mut [f32])| {
-                    let wg = &self.weight[g * cout_g * kdim..(g + 1) * cout_g * kdim];
-                    let bg = &b[g * kdim * ohw..(g + 1) * kdim * ohw];
-                    sgemm(cout_g, ohw, kdim, wg, kdim, bg, ohw, og, ohw, false, 1);
-                    let c0 = g * cout_g;
-                    let rc = r.map(|r| &r[c0 * ohw..(c0 + cout_g) * ohw]);
-                    epilogue(og, ohw, &self.bias[c0..], rc, act);
                 };
-                if threads == 1 || s.groups == 1 {
-                    o.chunks_mut(cout_g * ohw).enumerate().for_each(group);
+                let r = res.map(|r| &r[i * img_out..(i + 1) * img_out]);
+                let optr = SharedOut(o.as_mut_ptr());
+                if s.groups == 1 && threads > 1 && ohw >= COL_SPLIT_MIN * threads {
+                    // One fork-join per layer: each thread takes a block of output columns
+                    // (pixels), runs its GEMM serially and then the epilogue on what it just
+                    // wrote.
+                    let chunk = ohw.div_ceil(threads).next_multiple_of(16);
+                    crate::par_for(ohw.div_ceil(chunk), |t| {
+                        let optr = &optr;
+                        let (j0, j1) = (t * chunk, ((t + 1) * chunk).min(ohw));
+                        // SAFETY: `b` is `[kdim × ohw]`, the weight `[cout × kdim]`, the output
+                        // `[cout × ohw]`; this task alone touches its columns j0..j1, which the
+                        // GEMM writes (`accumulate = false`, `kdim > 0`) before the epilogue
+                        // reads them.
+                        unsafe {
+                            sgemm_raw(
+                                s.cout,
+                                j1 - j0,
+                                kdim,
+                                self.weight.as_ptr(),
+                                kdim,
+                                b[j0..].as_ptr(),
+                                ohw,
+                                optr.0.add(j0),
+                                ohw,
+                                false,
+                                1,
+                            );
+                            for co in 0..s.cout {
+                                let row = std::slice::from_raw_parts_mut(
+                                    optr.0.add(co * ohw + j0),
+                                    j1 - j0,
+                                );
+                                let rr = r.map(|r| &r[co * ohw + j0..co * ohw + j1]);
+                                epilogue(row, j1 - j0, &self.bias[co..co + 1], rr, act);
+                            }
+                        }
+                    });
                 } else {
-                    crate::par_chunks_mut(o, cout_g * ohw, |g, og| group((g, og)));
+                    // Few pixels (late layers): whole rows of output channels per task — a
+                    // block of them per thread, or one group each for grouped convolutions.
+                    let rows = if s.groups == 1 {
+                        s.cout.div_ceil(threads)
+                    } else {
+                        cout_g
+                    };
+                    crate::par_for(s.cout.div_ceil(rows), |t| {
+                        let optr = &optr;
+                        let c0 = t * rows;
+                        let nr = rows.min(s.cout - c0);
+                        let g = c0 / cout_g;
+                        // The group's part of the input (all of it without groups).
+                        let bg = &b[g * kdim * ohw..];
+                        assert!(bg.len() >= kdim * ohw, "conv: columns too short");
+                        // SAFETY: rows c0..c0 + nr of the `[cout × ohw]` output are this task's
+                        // alone; the weight rows and the group's `[kdim × ohw]` columns are in
+                        // bounds (asserted); the GEMM writes every element of its rows
+                        // (`accumulate = false`, `kdim > 0`) before the epilogue reads them.
+                        unsafe {
+                            let oc = optr.0.add(c0 * ohw);
+                            sgemm_raw(
+                                nr,
+                                ohw,
+                                kdim,
+                                self.weight[c0 * kdim..(c0 + nr) * kdim].as_ptr(),
+                                kdim,
+                                bg.as_ptr(),
+                                ohw,
+                                oc,
+                                ohw,
+                                false,
+                                1,
+                            );
+                            let oc = std::slice::from_raw_parts_mut(oc, nr * ohw);
+                            let rc = r.map(|r| &r[c0 * ohw..(c0 + nr) * ohw]);
+                            epilogue(oc, ohw, &self.bias[c0..], rc, act);
+                        }
+                    });
                 }
             }
-        }
-        COLS.with(|c| c.set(cols));
-        out
+            COLS.with(|c| c.set(cols));
+        };
+        // SAFETY: for each image, the tasks cover every output channel row (or every column
+        // block of all of them), each written by its GEMM.
+        unsafe { filled_vec(n * img_out, fill) }
     }
 }
 

@@ -9,6 +9,7 @@
 use std::cell::Cell;
 
 use crate::conv::{Conv2d, KernelKind};
+use crate::out::{filled_vec, Out, SharedOut};
 use crate::pw_nhwc::{Blocked, KMap, Pointwise, GROUP_BYTES};
 use crate::winograd::{self, Winograd};
 
@@ -77,10 +78,6 @@ fn winograd_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_WINOGRAD").map_or(true, |v| v != "0"))
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint (channel tile, row) blocks of the output.
-unsafe impl Sync for SendPtr {}
 
 impl Conv2d {
     /// `act(conv(x) + bias (+ residual))` on channels-last data: `x` `[n, h, w, cin]`, the
@@ -184,9 +181,6 @@ impl Conv2d {
         let [t, b, l, r] = s.pad;
         let (hp, wp) = (h + t + b, w + l + r);
         with_padded(x, images, (h, w), bi, s.pad, |src| {
-            // Zero-initialised rather than `set_len` on uninitialised capacity (undefined
-            // behaviour once sliced): one pass against k·k·cin multiply-adds per element.
-            let mut out = vec![0f32; n * img_out];
             // Every output pixel of every image is one row of the implicit GEMM: the images of a
             // batch share each weight block while it is in L1, and small maps (7×7) fill whole
             // micro-tiles. Each pixel's input offset comes from a table (no division per tile).
@@ -218,30 +212,34 @@ impl Conv2d {
             };
             let per = npx.div_ceil(px_parts).next_multiple_of(pw.tile_pixels());
             let parts = npx.div_ceil(per);
-            let o = SendPtr(out.as_mut_ptr());
-            crate::par_for(groups * parts, |task| {
-                let o = &o;
-                let (g, q) = (task / parts, task % parts);
-                let tiles = g * per_group..((g + 1) * per_group).min(tiles);
-                let (p0, p1) = (q * per, ((q + 1) * per).min(npx));
-                let offs = &offsets[p0..p1];
-                // SAFETY: AVX-512F is available (`is_packed`); every tap of every pixel lies in the
-                // (padded) input, whose size follows from the output size; this task alone writes
-                // channel tiles `tiles` of pixels p0..p1 (pixel p0 of a block at `p0 · bo`).
-                unsafe {
-                    pw.run_avx512(
-                        src.as_ptr(),
-                        &kmap,
-                        |i| offs[i],
-                        p1 - p0,
-                        res.map(|r| r[p0 * bo..].as_ptr()),
-                        o.0.add(p0 * bo),
-                        layout,
-                        tiles,
-                    )
-                };
-            });
-            out
+            let fill = |mut out: Out<'_>| {
+                let o = SharedOut(out.as_mut_ptr());
+                crate::par_for(groups * parts, |task| {
+                    let o = &o;
+                    let (g, q) = (task / parts, task % parts);
+                    let tiles = g * per_group..((g + 1) * per_group).min(tiles);
+                    let (p0, p1) = (q * per, ((q + 1) * per).min(npx));
+                    let offs = &offsets[p0..p1];
+                    // SAFETY: AVX-512F is available (`is_packed`); every tap of every pixel lies in the
+                    // (padded) input, whose size follows from the output size; this task alone writes
+                    // channel tiles `tiles` of pixels p0..p1 (pixel p0 of a block at `p0 · bo`).
+                    unsafe {
+                        pw.run_avx512(
+                            src.as_ptr(),
+                            &kmap,
+                            |i| offs[i],
+                            p1 - p0,
+                            res.map(|r| r[p0 * bo..].as_ptr()),
+                            o.0.add(p0 * bo),
+                            layout,
+                            tiles,
+                        )
+                    };
+                });
+            };
+            // SAFETY: the tasks cover every channel tile of every output pixel, and the
+            // micro-kernel stores every element of its tiles.
+            unsafe { filled_vec(n * img_out, fill) }
         })
     }
 
@@ -277,24 +275,34 @@ pub fn max_pool_3x3_s2_nhwc(
 ) -> (Vec<f32>, usize, usize) {
     assert_eq!(x.len(), n * h * w * c, "max pool: input size");
     let (oh, ow) = ((h + 2 - 3) / 2 + 1, (w + 2 - 3) / 2 + 1);
-    let mut out = vec![0f32; n * oh * ow * c];
-    if c == 0 {
-        return (out, oh, ow);
-    }
-    crate::par_chunks_mut(&mut out, ow * c, |row, o| {
-        let (i, oy) = (row / oh, row % oh);
-        let xi = &x[i * h * w * c..(i + 1) * h * w * c];
-        for ox in 0..ow {
-            let d = &mut o[ox * c..(ox + 1) * c];
-            d.fill(f32::NEG_INFINITY);
-            for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
-                for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
-                    let p = &xi[(iy * w + ix) * c..(iy * w + ix + 1) * c];
-                    d.iter_mut().zip(p).for_each(|(a, &v)| *a = a.max(v));
+    let fill = |mut out: Out<'_>| {
+        if c == 0 {
+            return;
+        }
+        let o = SharedOut(out.as_mut_ptr());
+        crate::par_for(n * oh, |row| {
+            let o = &o;
+            let (i, oy) = (row / oh, row % oh);
+            let xi = &x[i * h * w * c..(i + 1) * h * w * c];
+            // SAFETY: output row `row` (`ow · c` floats) is inside the output and this task's
+            // alone.
+            let mut orow = unsafe { Out::from_raw(o.0.add(row * ow * c), ow * c) };
+            orow.fill(f32::NEG_INFINITY);
+            // SAFETY: every element was just written.
+            let orow = unsafe { orow.assume_init() };
+            for ox in 0..ow {
+                let d = &mut orow[ox * c..(ox + 1) * c];
+                for iy in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                    for ix in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                        let p = &xi[(iy * w + ix) * c..(iy * w + ix + 1) * c];
+                        d.iter_mut().zip(p).for_each(|(a, &v)| *a = a.max(v));
+                    }
                 }
             }
-        }
-    });
+        });
+    };
+    // SAFETY: the row tasks cover the output (nothing to write when `c` is 0).
+    let out = unsafe { filled_vec(n * oh * ow * c, fill) };
     (out, oh, ow)
 }
 

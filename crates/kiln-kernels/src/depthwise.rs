@@ -14,6 +14,7 @@
 use std::sync::OnceLock;
 
 use crate::act::Activation;
+use crate::out::Out;
 
 /// Instruction-set level the kernel is compiled for, chosen at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +109,7 @@ pub(crate) fn plane(
     bias: f32,
     res: Option<&[f32]>,
     act: Activation,
-    out: &mut [f32],
+    out: Out<'_>,
     scratch: &mut Scratch,
 ) {
     debug_assert_eq!(x.len(), p.h * p.w);
@@ -175,7 +176,7 @@ fn run_isa(
     bias: f32,
     res: Option<&[f32]>,
     act: Activation,
-    out: &mut [f32],
+    out: Out<'_>,
 ) {
     match isa {
         // SAFETY: callers pass `Isa::detect()` or a lower level; the features are on this CPU.
@@ -196,7 +197,7 @@ unsafe fn plane_avx512(
     b: f32,
     r: Option<&[f32]>,
     a: Activation,
-    o: &mut [f32],
+    o: Out<'_>,
 ) {
     simd_dispatch::<x86::F32x16>(p, s, wk, b, r, a, o)
 }
@@ -210,7 +211,7 @@ unsafe fn plane_avx2(
     b: f32,
     r: Option<&[f32]>,
     a: Activation,
-    o: &mut [f32],
+    o: Out<'_>,
 ) {
     simd_dispatch::<x86::F32x8>(p, s, wk, b, r, a, o)
 }
@@ -226,7 +227,7 @@ unsafe fn simd_dispatch<V: x86::Simd>(
     b: f32,
     r: Option<&[f32]>,
     a: Activation,
-    o: &mut [f32],
+    o: Out<'_>,
 ) {
     macro_rules! by_nv {
         ($k:literal, $s:literal) => {
@@ -256,7 +257,7 @@ unsafe fn rows_simd<const K: usize, const S: usize, const NV: usize, V: x86::Sim
     bias: f32,
     res: Option<&[f32]>,
     act: Activation,
-    out: &mut [f32],
+    mut out: Out<'_>,
 ) {
     let block = NV * V::W;
     debug_assert!(block <= MAX_BLOCK);
@@ -276,7 +277,7 @@ unsafe fn rows_simd<const K: usize, const S: usize, const NV: usize, V: x86::Sim
         let base = oy * S * row_len;
         let rows: [&[f32]; K] =
             std::array::from_fn(|ky| &pad[base + ky * row_len..base + (ky + 1) * row_len]);
-        let orow = &mut out[oy * ow..(oy + 1) * ow];
+        let mut orow = out.slice(oy * ow..(oy + 1) * ow);
         let rrow = res.map(|r| &r[oy * ow..(oy + 1) * ow]);
         let mut x0 = 0;
         while x0 < ow {
@@ -293,7 +294,7 @@ unsafe fn rows_simd<const K: usize, const S: usize, const NV: usize, V: x86::Sim
             }
             let valid = block.min(ow - x0);
             if valid == block {
-                let o = &mut orow[x0..x0 + block];
+                let mut o = orow.slice(x0..x0 + block);
                 for (v, a) in acc.iter().enumerate() {
                     let mut y = *a;
                     if let Some(rr) = rrow {
@@ -314,7 +315,7 @@ unsafe fn rows_simd<const K: usize, const S: usize, const NV: usize, V: x86::Sim
                         *t = clamp(*t + r, lo, hi);
                     }
                 }
-                orow[x0..x0 + valid].copy_from_slice(&tmp[..valid]);
+                orow.slice(x0..x0 + valid).copy_from(&tmp[..valid]);
             }
             x0 += block;
         }
@@ -333,7 +334,7 @@ unsafe fn direct_avx512(
     b: f32,
     r: Option<&[f32]>,
     a: Activation,
-    o: &mut [f32],
+    o: Out<'_>,
 ) {
     macro_rules! by_nv {
         ($k:literal, $s:literal) => {
@@ -361,7 +362,7 @@ unsafe fn direct_rows<const K: usize, const S: usize, const NV: usize>(
     bias: f32,
     res: Option<&[f32]>,
     act: Activation,
-    out: &mut [f32],
+    mut out: Out<'_>,
 ) {
     use std::arch::x86_64::*;
     let (w, h, ow) = (p.w as isize, p.h as isize, p.ow);
@@ -542,7 +543,7 @@ fn plane_portable(
     b: f32,
     r: Option<&[f32]>,
     a: Activation,
-    o: &mut [f32],
+    o: Out<'_>,
 ) {
     match (p.k, p.stride) {
         (3, 1) => rows::<3, 1, LANES, false>(p, s, wk, b, r, a, o),
@@ -586,7 +587,7 @@ fn rows<const K: usize, const S: usize, const L: usize, const FMA: bool>(
     bias: f32,
     res: Option<&[f32]>,
     act: Activation,
-    out: &mut [f32],
+    mut out: Out<'_>,
 ) {
     let pw = p.phase_w();
     let row_len = S * pw;
@@ -602,7 +603,7 @@ fn rows<const K: usize, const S: usize, const L: usize, const FMA: bool>(
         let base = oy * S * row_len;
         let in_rows: [&[f32]; K] =
             std::array::from_fn(|ky| &pad[base + ky * row_len..base + (ky + 1) * row_len]);
-        let orow = &mut out[oy * ow..(oy + 1) * ow];
+        let mut orow = out.slice(oy * ow..(oy + 1) * ow);
         let rrow = res.map(|r| &r[oy * ow..(oy + 1) * ow]);
         let mut x0 = 0;
         while x0 < ow {
@@ -626,7 +627,7 @@ fn rows<const K: usize, const S: usize, const L: usize, const FMA: bool>(
             for a in acc.iter_mut() {
                 *a = clamp(*a, lo, hi);
             }
-            orow[x0..x0 + valid].copy_from_slice(&acc[..valid]);
+            orow.slice(x0..x0 + valid).copy_from(&acc[..valid]);
             x0 += L;
         }
     }
@@ -640,7 +641,7 @@ fn generic<const FMA: bool>(
     bias: f32,
     res: Option<&[f32]>,
     act: Activation,
-    out: &mut [f32],
+    mut out: Out<'_>,
 ) {
     let (pw, k, s) = (p.phase_w(), p.k, p.stride);
     for oy in 0..p.oh {
@@ -655,7 +656,7 @@ fn generic<const FMA: bool>(
             if let Some(r) = res {
                 acc += r[oy * p.ow + ox];
             }
-            out[oy * p.ow + ox] = act.apply(acc);
+            out.set(oy * p.ow + ox, act.apply(acc));
         }
     }
 }
@@ -702,7 +703,8 @@ mod tests {
             let wk: Vec<f32> = (0..k * k).map(|i| (i as f32 - 4.0) / 7.0).collect();
             let res: Vec<f32> = (0..oh * ow).map(|i| (i % 13) as f32 / 13.0).collect();
             for r in [None, Some(&res[..])] {
-                let mut want = vec![0f32; oh * ow];
+                // NaN-filled: an element a kernel leaves unwritten fails the comparison.
+                let mut want = vec![f32::NAN; oh * ow];
                 let mut scratch = Scratch::default();
                 plane(
                     &p,
@@ -711,13 +713,14 @@ mod tests {
                     0.25,
                     r,
                     Activation::Relu6,
-                    &mut want,
+                    Out::init(&mut want),
                     &mut scratch,
                 );
                 let prepared = prepare(&p, &x, &mut scratch);
                 for &isa in &levels {
-                    let mut got = vec![0f32; oh * ow];
-                    run_isa(isa, &p, prepared, &wk, 0.25, r, Activation::Relu6, &mut got);
+                    let mut got = vec![f32::NAN; oh * ow];
+                    let o = Out::init(&mut got);
+                    run_isa(isa, &p, prepared, &wk, 0.25, r, Activation::Relu6, o);
                     for (g, w) in got.iter().zip(&want) {
                         assert!((g - w).abs() < 1e-5, "{isa:?} {k}x{k}/{stride} {h}x{w}");
                     }

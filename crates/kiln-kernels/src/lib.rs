@@ -44,6 +44,7 @@ mod conv_nhwc;
 mod depthwise;
 mod dw_nhwc;
 mod gemm_f32;
+mod out;
 mod pw_nhwc;
 mod team;
 mod transpose;

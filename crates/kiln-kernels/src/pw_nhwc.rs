@@ -10,6 +10,7 @@
 
 use crate::act::Activation;
 use crate::gemm_f32::sgemm_strided;
+use crate::out::{filled_vec, Out};
 
 /// Micro-tile shapes, both 24 accumulators: `12 pixels × 32 channels` (two vectors), or
 /// `6 × 64` (four) when the output channels are a multiple of 64 — fewer broadcasts per FMA
@@ -127,6 +128,19 @@ impl Pointwise {
     /// Writes `npx` pixels of output into `out` (`[npx][cout]`). `res`, if any, has the
     /// output's layout.
     pub fn run(&self, x: &[f32], st: Strides, npx: usize, res: Option<&[f32]>, out: &mut [f32]) {
+        self.run_into(x, st, npx, res, Out::init(out))
+    }
+
+    /// [`Pointwise::run`] into memory that may be uninitialised: every one of the first
+    /// `npx · cout` floats of `out` is written (and only what was written is read back).
+    pub(crate) fn run_into(
+        &self,
+        x: &[f32],
+        st: Strides,
+        npx: usize,
+        res: Option<&[f32]>,
+        mut out: Out<'_>,
+    ) {
         if npx == 0 {
             return;
         }
@@ -139,7 +153,8 @@ impl Pointwise {
         #[cfg(target_arch = "x86_64")]
         if self.packed {
             // SAFETY: `packed` is only set when AVX-512F was detected; the asserts bound every
-            // read and write.
+            // read and write. The micro-tiles store each output element (all `cout` channels of
+            // all `npx` pixels, the last tile masked) before any K block reads it back.
             unsafe {
                 let (x, res, out) = (x.as_ptr(), res.map(|r| r.as_ptr()), out.as_mut_ptr());
                 if self.nv == WIDE.1 {
@@ -150,7 +165,9 @@ impl Pointwise {
             };
             return;
         }
-        // SAFETY: the asserts above bound every element the strides reach; `out` is a `&mut`.
+        let mut out = out.slice(0..npx * self.cout);
+        // SAFETY: the asserts above bound every element the strides reach; `out` is exclusive.
+        // The GEMM does not read its output (`read_dst` false in `sgemm_strided`).
         unsafe {
             sgemm_strided(
                 self.cout,
@@ -164,8 +181,10 @@ impl Pointwise {
                 (1, self.cout),
             )
         };
+        // SAFETY: the GEMM wrote all `npx · cout` elements (`k = cin > 0`).
+        let out = unsafe { out.assume_init() };
         epilogue_channels_last(
-            &mut out[..npx * self.cout],
+            out,
             &self.bias,
             res.map(|r| &r[..npx * self.cout]),
             self.act,
@@ -199,21 +218,27 @@ impl Pointwise {
     /// All pixels of a channels-last `[npx][cin]` input; returns `[npx][cout]`.
     pub fn forward(&self, x: &[f32], npx: usize) -> Vec<f32> {
         assert_eq!(x.len(), npx * self.cin, "pointwise: input size");
-        // Zero-initialised rather than `set_len` on uninitialised capacity (undefined behaviour
-        // once sliced): one pass over the output against `cin` multiply-adds per element.
-        let mut out = vec![0f32; npx * self.cout];
         let per = npx.div_ceil(crate::current_threads() * 2).max(NARROW.0);
-        crate::par_chunks_mut(&mut out, per * self.cout, |i, o| {
-            let p0 = i * per;
-            self.run(
-                &x[p0 * self.cin..],
-                Strides::channels_last(self.cin),
-                o.len() / self.cout,
-                None,
-                o,
-            )
-        });
-        out
+        let fill = |mut out: Out<'_>| {
+            let all = out.len();
+            let optr = crate::out::SharedOut(out.as_mut_ptr());
+            let chunk = per * self.cout;
+            crate::par_for(all.div_ceil(chunk), |i| {
+                let optr = &optr;
+                let (a, b) = (i * chunk, ((i + 1) * chunk).min(all));
+                // SAFETY: chunks are disjoint and inside the output.
+                let o = unsafe { Out::from_raw(optr.0.add(a), b - a) };
+                self.run_into(
+                    &x[i * per * self.cin..],
+                    Strides::channels_last(self.cin),
+                    (b - a) / self.cout,
+                    None,
+                    o,
+                )
+            });
+        };
+        // SAFETY: the chunks cover the output and `run_into` writes each in full.
+        unsafe { filled_vec(npx * self.cout, fill) }
     }
 
     /// The packed kernel for input pixels at a uniform stride (1×1 convolutions): one base

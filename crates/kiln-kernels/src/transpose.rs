@@ -1,6 +1,8 @@
 //! Out-of-place f32 matrix transpose, for switching a strip between channels-last and
 //! channels-first.
 
+use crate::out::{filled_vec, Out, SharedOut};
+
 /// `dst[j·ds + i] = src[i·ss + j]` for `i < rows`, `j < cols`.
 #[cfg(test)]
 fn transpose(src: &[f32], ss: usize, rows: usize, cols: usize, dst: &mut [f32], ds: usize) {
@@ -105,11 +107,8 @@ pub(crate) fn relayout(
         block > 0 && c.is_multiple_of(block) || c == 0,
         "relayout: block"
     );
-    // Zero-initialised rather than `set_len` on uninitialised capacity (undefined behaviour):
-    // calloc hands large buffers over already zeroed, and the transposes rewrite every element.
-    let mut y = vec![0f32; x.len()];
     if c == 0 || hw == 0 {
-        return y;
+        return vec![0f32; x.len()];
     }
     let blocks = c / block;
     // Pixel ranges of whole 16-blocks, about four per thread.
@@ -117,31 +116,32 @@ pub(crate) fn relayout(
         .div_ceil(crate::current_threads() * 4)
         .next_multiple_of(16);
     let parts = hw.div_ceil(per);
-    struct Out(*mut f32);
-    // SAFETY: tasks write disjoint pixel ranges.
-    unsafe impl Sync for Out {}
-    let out = Out(y.as_mut_ptr());
-    crate::par_for(n * blocks * parts, |t| {
-        let out = &out;
-        let (ib, p0) = (t / parts, (t % parts) * per);
-        let (i, b) = (ib / blocks, ib % blocks);
-        let np = per.min(hw - p0);
-        // Channels b·block.. of image i: `[block][hw]` channels-first, `[hw][block]` blocked.
-        let first = (i * c + b * block) * hw;
-        let last = (b * n + i) * hw * block;
-        // SAFETY: inside the `[block × hw]` part of the output this task's (image, block) owns,
-        // it writes only pixels p0..p0 + np.
-        unsafe {
-            if to_blocked {
-                let yb = out.0.wrapping_add(last);
-                transpose_to(&x[first + p0..], hw, block, np, yb.add(p0 * block), block);
-            } else {
-                let yb = out.0.wrapping_add(first);
-                transpose_to(&x[last + p0 * block..], block, np, block, yb.add(p0), hw);
+    let fill = |mut y: Out<'_>| {
+        let out = SharedOut(y.as_mut_ptr());
+        crate::par_for(n * blocks * parts, |t| {
+            let out = &out;
+            let (ib, p0) = (t / parts, (t % parts) * per);
+            let (i, b) = (ib / blocks, ib % blocks);
+            let np = per.min(hw - p0);
+            // Channels b·block.. of image i: `[block][hw]` channels-first, `[hw][block]` blocked.
+            let first = (i * c + b * block) * hw;
+            let last = (b * n + i) * hw * block;
+            // SAFETY: inside the `[block × hw]` part of the output this task's (image, block)
+            // owns, it writes only pixels p0..p0 + np.
+            unsafe {
+                if to_blocked {
+                    let yb = out.0.wrapping_add(last);
+                    transpose_to(&x[first + p0..], hw, block, np, yb.add(p0 * block), block);
+                } else {
+                    let yb = out.0.wrapping_add(first);
+                    transpose_to(&x[last + p0 * block..], block, np, block, yb.add(p0), hw);
+                }
             }
-        }
-    });
-    y
+        });
+    };
+    // SAFETY: the tasks cover every (image, block, pixel range), and `transpose_to` writes all
+    // `block` channels of each of its pixels.
+    unsafe { filled_vec(x.len(), fill) }
 }
 
 /// One 16×16 block, in registers: pairs of floats, then pairs of pairs, then 128-bit lanes.

@@ -18,6 +18,7 @@
 use std::cell::Cell;
 
 use crate::act::Activation;
+use crate::out::{filled_vec, Out, SharedOut};
 use crate::pw_nhwc::{Pointwise, Strides};
 
 /// Bytes of transformed input and products a chunk of tiles keeps (about half the L2).
@@ -113,99 +114,96 @@ impl Winograd {
             assert_eq!(r.len(), npx * cout, "winograd: residual size");
         }
         let tiles = n * th * tw;
-        // Zero-initialised rather than `set_len` on uninitialised capacity (undefined behaviour):
-        // the transforms cost far more per element than one zeroing pass.
-        let mut out = vec![0f32; npx * cout];
-        let o = OutPtr(out.as_mut_ptr());
-        let geo = Geometry {
-            n,
-            th,
-            tw,
-            h,
-            w,
-            hp,
-            wp,
-            bi,
-            bo,
-        };
-        if 16 * cin * cout * 4 > CHUNK_BYTES {
-            // Big transformed weights (deep layers, small maps): all tiles at once, so that each
-            // position's weights stream once, the threads splitting the 16 GEMMs.
-            let (mut v, mut m) = SCRATCH.with(|s| s.take());
-            let (sv, sm) = (tiles * cin + SKEW, tiles * cout + SKEW);
-            v.resize(16 * sv, 0.0);
-            m.resize(16 * sm, 0.0);
-            let parts = (2 * crate::current_threads()).min(tiles);
-            let per = tiles.div_ceil(parts);
-            let vp = OutPtr(v.as_mut_ptr());
-            crate::par_for(tiles.div_ceil(per), |c| {
-                let vp = &vp;
-                let ts = c * per..((c + 1) * per).min(tiles);
-                // SAFETY: `v` holds 16 matrices of `tiles` rows, `sv` apart; this task writes
-                // the rows of its own tiles.
-                unsafe { transform_input(xp, &geo, cin, ts, 0, vp.0, sv) };
-            });
-            crate::par_chunks_mut(&mut m, sm, |xi, mx| {
-                self.gemms[xi].run(
-                    &v[xi * sv..xi * sv + tiles * cin],
-                    Strides::channels_last(cin),
-                    tiles,
-                    None,
-                    &mut mx[..tiles * cout],
-                )
-            });
-            crate::par_for(tiles.div_ceil(per), |c| {
-                let o = &o;
-                let ts = c * per..((c + 1) * per).min(tiles);
-                // SAFETY: this task's tiles own their output pixels; the pointer covers `out`.
-                unsafe { transform_output(&m, sm, &geo, cout, ts, 0, bias, act, res, o.0) };
-            });
-            SCRATCH.with(|s| s.set((v, m)));
-            return out;
-        }
-        // Otherwise chunks of tiles that fit CHUNK_BYTES, as many as a multiple of the threads,
-        // each transformed, multiplied and transformed back by one thread.
-        let cmax = (CHUNK_BYTES / (16 * (cin + cout) * 4)).max(6);
-        let threads = crate::current_threads();
-        let mut chunks = tiles.div_ceil(cmax);
-        if threads > 1 && tiles >= 6 * threads {
-            chunks = chunks.next_multiple_of(threads);
-        }
-        let per = tiles.div_ceil(chunks.max(1));
-        let chunks = tiles.div_ceil(per);
-        crate::par_for(chunks, |c| {
-            let o = &o;
-            let t0 = c * per;
-            let t1 = (t0 + per).min(tiles);
-            let (mut v, mut m) = SCRATCH.with(|s| s.take());
-            let nt = t1 - t0;
-            // Each position's matrix a little more than its size apart: at a multiple of 4 KiB
-            // the 16 streams of a transform would all fall in one L1 set.
-            let (sv, sm) = (nt * cin + SKEW, nt * cout + SKEW);
-            v.resize(16 * sv, 0.0);
-            m.resize(16 * sm, 0.0);
-            // SAFETY: `v` holds 16 matrices of `nt` rows, `sv` apart.
-            unsafe { transform_input(xp, &geo, cin, t0..t1, t0, v.as_mut_ptr(), sv) };
-            for (xi, g) in self.gemms.iter().enumerate() {
-                g.run(
-                    &v[xi * sv..xi * sv + nt * cin],
-                    Strides::channels_last(cin),
-                    nt,
-                    None,
-                    &mut m[xi * sm..xi * sm + nt * cout],
-                );
+        let fill = |mut out: Out<'_>| {
+            let o = SharedOut(out.as_mut_ptr());
+            let geo = Geometry {
+                n,
+                th,
+                tw,
+                h,
+                w,
+                hp,
+                wp,
+                bi,
+                bo,
+            };
+            if 16 * cin * cout * 4 > CHUNK_BYTES {
+                // Big transformed weights (deep layers, small maps): all tiles at once, so that each
+                // position's weights stream once, the threads splitting the 16 GEMMs.
+                let (mut v, mut m) = SCRATCH.with(|s| s.take());
+                let (sv, sm) = (tiles * cin + SKEW, tiles * cout + SKEW);
+                v.resize(16 * sv, 0.0);
+                m.resize(16 * sm, 0.0);
+                let parts = (2 * crate::current_threads()).min(tiles);
+                let per = tiles.div_ceil(parts);
+                let vp = SharedOut(v.as_mut_ptr());
+                crate::par_for(tiles.div_ceil(per), |c| {
+                    let vp = &vp;
+                    let ts = c * per..((c + 1) * per).min(tiles);
+                    // SAFETY: `v` holds 16 matrices of `tiles` rows, `sv` apart; this task writes
+                    // the rows of its own tiles.
+                    unsafe { transform_input(xp, &geo, cin, ts, 0, vp.0, sv) };
+                });
+                crate::par_chunks_mut(&mut m, sm, |xi, mx| {
+                    self.gemms[xi].run(
+                        &v[xi * sv..xi * sv + tiles * cin],
+                        Strides::channels_last(cin),
+                        tiles,
+                        None,
+                        &mut mx[..tiles * cout],
+                    )
+                });
+                crate::par_for(tiles.div_ceil(per), |c| {
+                    let o = &o;
+                    let ts = c * per..((c + 1) * per).min(tiles);
+                    // SAFETY: this task's tiles own their output pixels; the pointer covers `out`.
+                    unsafe { transform_output(&m, sm, &geo, cout, ts, 0, bias, act, res, o.0) };
+                });
+                SCRATCH.with(|s| s.set((v, m)));
+                return;
             }
-            // SAFETY: this chunk's tiles own their output pixels; the pointer covers `out`.
-            unsafe { transform_output(&m, sm, &geo, cout, t0..t1, t0, bias, act, res, o.0) };
-            SCRATCH.with(|s| s.set((v, m)));
-        });
-        out
+            // Otherwise chunks of tiles that fit CHUNK_BYTES, as many as a multiple of the threads,
+            // each transformed, multiplied and transformed back by one thread.
+            let cmax = (CHUNK_BYTES / (16 * (cin + cout) * 4)).max(6);
+            let threads = crate::current_threads();
+            let mut chunks = tiles.div_ceil(cmax);
+            if threads > 1 && tiles >= 6 * threads {
+                chunks = chunks.next_multiple_of(threads);
+            }
+            let per = tiles.div_ceil(chunks.max(1));
+            let chunks = tiles.div_ceil(per);
+            crate::par_for(chunks, |c| {
+                let o = &o;
+                let t0 = c * per;
+                let t1 = (t0 + per).min(tiles);
+                let (mut v, mut m) = SCRATCH.with(|s| s.take());
+                let nt = t1 - t0;
+                // Each position's matrix a little more than its size apart: at a multiple of 4 KiB
+                // the 16 streams of a transform would all fall in one L1 set.
+                let (sv, sm) = (nt * cin + SKEW, nt * cout + SKEW);
+                v.resize(16 * sv, 0.0);
+                m.resize(16 * sm, 0.0);
+                // SAFETY: `v` holds 16 matrices of `nt` rows, `sv` apart.
+                unsafe { transform_input(xp, &geo, cin, t0..t1, t0, v.as_mut_ptr(), sv) };
+                for (xi, g) in self.gemms.iter().enumerate() {
+                    g.run(
+                        &v[xi * sv..xi * sv + nt * cin],
+                        Strides::channels_last(cin),
+                        nt,
+                        None,
+                        &mut m[xi * sm..xi * sm + nt * cout],
+                    );
+                }
+                // SAFETY: this chunk's tiles own their output pixels; the pointer covers `out`.
+                unsafe { transform_output(&m, sm, &geo, cout, t0..t1, t0, bias, act, res, o.0) };
+                SCRATCH.with(|s| s.set((v, m)));
+            });
+        };
+        // SAFETY: both ways above hand every tile (so every output pixel, all `cout` channels)
+        // to `transform_output`, which writes each pixel of its tiles that lies inside the map.
+        unsafe { filled_vec(npx * cout, fill) }
     }
 }
-
-struct OutPtr(*mut f32);
-// SAFETY: chunks write the pixels of disjoint tiles.
-unsafe impl Sync for OutPtr {}
 
 /// 16 floats from `src[p..]`, zeros past `cw` (a fixed-size load in the common `cw = 16`).
 #[inline(always)]

@@ -860,6 +860,14 @@ impl Linear {
         Self::new(&w, bias)
     }
 
+    /// Loads `weight` `[out_features, in_features]` and `bias` `[out_features]`, both shapes
+    /// fixed by the architecture (a hidden layer, unlike a head whose width is read).
+    pub fn load_shaped(vb: VarBuilder, in_features: usize, out_features: usize) -> Result<Self> {
+        let w = vb.get((out_features, in_features), "weight")?;
+        let bias = vb.get(out_features, "bias")?;
+        Self::new(&w, bias)
+    }
+
     /// A layer from its weight `[out, in]` and bias `[out]`.
     pub fn new(weight: &Tensor, bias: Tensor) -> Result<Self> {
         let weight_t = weight.t()?.contiguous()?;

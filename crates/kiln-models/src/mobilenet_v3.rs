@@ -254,13 +254,14 @@ impl MobileNetV3 {
             Some(HS),
         )?;
         let hidden_units = adjust(last_channel);
-        let hidden = Linear::load(vb.pp("classifier.0"), last_out)?;
-        if hidden.out_features() != hidden_units {
-            candle_core::bail!(
-                "classifier.0.weight has {} rows, width {width_mult} needs {hidden_units}",
-                hidden.out_features()
-            );
-        }
+        // The hidden layer's shape is the architecture's (asked for, not read): a weights source
+        // that makes tensors up on request (`kiln bench`'s random weights) can then supply it.
+        let hidden =
+            Linear::load_shaped(vb.pp("classifier.0"), last_out, hidden_units).map_err(|e| {
+                candle_core::Error::Msg(format!(
+                    "{e} (width {width_mult} needs {hidden_units} hidden units)"
+                ))
+            })?;
         // classifier.1 is hard-swish, classifier.2 dropout (the identity at inference).
         let classifier = Linear::load(vb.pp("classifier.3"), hidden_units)?;
         Ok(Self {

@@ -264,7 +264,8 @@ pub fn load_model(
 /// A [`VarBuilder`] that makes up deterministic weights of whatever shape the architecture asks
 /// for: convolution and linear weights uniform in ±√(3 / fan_in) (unit-variance activations),
 /// batch norms the identity. The classifier, whose shape is read rather than asked for, gets
-/// `num_classes` rows of as many inputs as the last convolution has outputs.
+/// `num_classes` rows of as many inputs as the last convolution (or hidden linear layer) has
+/// outputs.
 pub fn random_weights(num_classes: usize, dtype: DType, dev: &Device) -> VarBuilder<'static> {
     VarBuilder::from_backend(
         Box::new(RandomWeights {
@@ -278,7 +279,7 @@ pub fn random_weights(num_classes: usize, dtype: DType, dev: &Device) -> VarBuil
 
 struct RandomWeights {
     num_classes: usize,
-    /// Output channels of the last 4-D weight handed out.
+    /// Outputs of the last convolution or linear weight handed out.
     last_channels: Mutex<usize>,
 }
 
@@ -293,7 +294,9 @@ impl RandomWeights {
         let dims = shape.dims().to_vec();
         let n = shape.elem_count();
         let data: Vec<f32> = if dims.len() >= 2 {
-            if dims.len() == 4 {
+            // A convolution's or a hidden linear layer's outputs: what the classifier that
+            // follows them reads.
+            if dims.len() == 4 || dims.len() == 2 {
                 *self.last_channels.lock().unwrap() = dims[0];
             }
             let fan_in: usize = dims[1..].iter().product();
@@ -358,6 +361,21 @@ mod tests {
         assert_eq!(percentile(&s, 90.0), 90.0);
         assert_eq!(percentile(&s, 99.0), 99.0);
         assert_eq!(percentile(&[3.0], 99.0), 3.0);
+    }
+
+    /// `kiln bench --model NAME` works for every registered architecture without weights
+    /// (mobilenet_v3's hidden classifier layer once could not be made up).
+    #[test]
+    fn random_weights_build_every_architecture() {
+        for arch in kiln_models::architectures() {
+            let vb = random_weights(10, DType::F32, &Device::Cpu);
+            let m = kiln_models::build(arch.name, &ArchParams::new(), vb)
+                .unwrap_or_else(|e| panic!("{}: {e}", arch.name));
+            let y = m
+                .forward(&synthetic_input(1, 64, DType::F32, &Device::Cpu).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", arch.name));
+            assert_eq!(y.dims(), &[1, 10], "{}", arch.name);
+        }
     }
 
     #[test]
