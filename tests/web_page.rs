@@ -7,7 +7,10 @@
 //! photo the label and the five bars the page shows are those `kiln classify` gives, that
 //! "uncertain" is shown exactly for the photo below the threshold, that the decoded size and
 //! the time are shown, and that the bad file gets its own error while the photos are classified.
-//! A screenshot is saved as `target/test-output/web_page.png`.
+//! Then it presses the confident photo's "heatmap" button and asserts that the card shows the
+//! picture `kiln explain` writes for that photo, pixel for pixel (a checksum of the pixels the
+//! browser decoded, read back through a canvas), and that pressing it again shows the photo.
+//! Screenshots are saved as `target/test-output/web_page.png` and `web_page_heatmap.png`.
 //!
 //! Without Chromium the test fails, naming the install script; `KILN_SKIP_BROWSER_TEST=1` skips it
 //! on a machine where the browser cannot be installed.
@@ -393,6 +396,97 @@ fn run_page(
     );
     let err = bad_card["error"].as_str().unwrap_or("");
     assert!(!err.trim().is_empty(), "the bad file's error is empty");
+
+    heatmap_toggle(driver, sid, &photos[0], out_dir);
+}
+
+/// A weighted sum of an RGB picture's channels (1·R + 3·G + 7·B over every pixel), computed the
+/// same way in the page; the weights make a channel swap change it.
+const CHECKSUM_JS: &str =
+    "let s = 0; for (let i = 0; i < d.length; i += 4) { s += d[i] + 3 * d[i + 1] + 7 * d[i + 2]; }";
+
+fn checksum(img: &image::RgbImage) -> f64 {
+    img.pixels()
+        .map(|p| p[0] as f64 + 3.0 * p[1] as f64 + 7.0 * p[2] as f64)
+        .sum()
+}
+
+/// Presses `photo`'s heatmap button: the card must show `kiln explain`'s picture of that photo,
+/// then the photo again when pressed a second time.
+fn heatmap_toggle(driver: &Driver, sid: &str, photo: &Path, out_dir: &Path) {
+    let file = photo.file_name().unwrap().to_string_lossy().to_string();
+    let cli_dir = out_dir.join("web_page_explain");
+    let _ = std::fs::remove_dir_all(&cli_dir);
+    std::fs::create_dir_all(&cli_dir).expect("create the explain output directory");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("explain")
+        .arg(photo)
+        .arg("--out")
+        .arg(&cli_dir)
+        .output()
+        .expect("run kiln explain");
+    assert!(out.status.success(), "kiln explain failed: {out:?}");
+    let pngs: Vec<PathBuf> = std::fs::read_dir(&cli_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    assert_eq!(pngs.len(), 1, "kiln explain wrote {pngs:?}");
+    let want = image::open(&pngs[0]).expect("explain's PNG").to_rgb8();
+
+    let card = format!("document.querySelector('.result[data-file=\"{file}\"]')");
+    let press = format!("{card}.querySelector('.heat-toggle').click(); return true;");
+    let state = format!(
+        "const c = {card}; const img = c.querySelector('.photo img');
+         const b = c.querySelector('.heat-toggle');
+         const r = {{ view: c.dataset.view, pressed: b.getAttribute('aria-pressed'),
+                     complete: img.complete, w: img.naturalWidth, h: img.naturalHeight,
+                     isPhoto: img.src === c.photoUrl,
+                     error: (c.querySelector('.heat-error') || {{}}).textContent || null }};
+         if (r.view === 'heatmap' && r.complete && r.w > 0) {{
+           const cv = document.createElement('canvas'); cv.width = r.w; cv.height = r.h;
+           const ctx = cv.getContext('2d'); ctx.drawImage(img, 0, 0);
+           const d = ctx.getImageData(0, 0, r.w, r.h).data; {CHECKSUM_JS} r.sum = s;
+         }}
+         return r;"
+    );
+    driver.script(sid, &press);
+    let start = Instant::now();
+    let shown = loop {
+        let v = driver.script(sid, &state);
+        assert!(v["error"].is_null(), "{file}: the heatmap failed: {v}");
+        if v["sum"].is_number() {
+            break v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{file}: no heatmap shown within 60 s: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(shown["pressed"], "true", "{shown}");
+    assert_eq!(
+        (shown["w"].as_u64(), shown["h"].as_u64()),
+        (Some(want.width() as u64), Some(want.height() as u64)),
+        "{file}: the heatmap's size differs from kiln explain's picture"
+    );
+    assert_eq!(
+        shown["sum"].as_f64(),
+        Some(checksum(&want)),
+        "{file}: the heatmap's pixels differ from kiln explain's picture"
+    );
+    let shot = driver.cmd("GET", &format!("/session/{sid}/screenshot"), None);
+    let png = base64_decode(shot.as_str().expect("a base64 screenshot"));
+    std::fs::write(out_dir.join("web_page_heatmap.png"), &png).expect("write the screenshot");
+
+    driver.script(sid, &press);
+    let back = driver.script(sid, &state);
+    assert_eq!(back["view"], "photo", "{back}");
+    assert_eq!(back["pressed"], "false", "{back}");
+    assert_eq!(
+        back["isPhoto"], true,
+        "{file}: the photo is not shown again: {back}"
+    );
 }
 
 /// Decodes standard base64 (WebDriver's screenshot encoding).

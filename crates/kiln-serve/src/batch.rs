@@ -191,6 +191,49 @@ impl Model {
         })
     }
 
+    /// The class activation picture of one encoded image, as `kiln explain` renders it (PNG
+    /// bytes), with the map's class: decoded and validated as for classification, one forward
+    /// pass outside the batcher (a map belongs to one image and one view).
+    pub fn explain_png(
+        &self,
+        bytes: &[u8],
+        source: &str,
+        select: &kiln_runtime::ClassSelect,
+    ) -> Result<(Vec<u8>, kiln_runtime::Cam), ServeError> {
+        let opts = self.classifier.decode_options();
+        let d = kiln_preprocess::decode_bytes(bytes, source, opts)
+            .map_err(|e| ServeError::BadRequest(e.to_string()))?;
+        let (w, h) = d.rgb.dimensions();
+        kiln_preprocess::transform::check_resize_fits(
+            w,
+            h,
+            self.classifier.spec(),
+            opts.max_pixels,
+            source,
+        )
+        .map_err(|e| ServeError::BadRequest(e.to_string()))?;
+        let e = self
+            .classifier
+            .explain_image(&d.rgb, select, 5)
+            .map_err(|e| match e {
+                kiln_runtime::RuntimeError::Candle(_) | kiln_runtime::RuntimeError::Forward(_) => {
+                    ServeError::Internal(format!("{source}: {e}"))
+                }
+                _ => ServeError::BadRequest(format!("{source}: {e}")),
+            })?;
+        let cam = e
+            .cams
+            .into_iter()
+            .next()
+            .ok_or_else(|| ServeError::Internal("explain returned no map".into()))?;
+        let picture = kiln_runtime::render::render(&d.rgb, &cam);
+        let mut png = Vec::new();
+        picture
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .map_err(|e| ServeError::Internal(format!("encoding the picture: {e}")))?;
+        Ok((png, cam))
+    }
+
     /// Splits an FP32 tensor `[N, …]` into images, checking its shape against the spec.
     pub fn prepare_pixels(
         &self,

@@ -70,6 +70,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/v1/classify", post(classify))
+        .route("/v1/explain", post(explain))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ServeError::NotFound("no such endpoint; see /v2 and /v1/classify".into())
@@ -671,4 +672,76 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ServeError {
     } else {
         ServeError::BadRequest(format!("malformed multipart form: {e}"))
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct ExplainQuery {
+    model: Option<String>,
+    class: Option<usize>,
+}
+
+/// `POST /v1/explain`: a raw image body (as `/v1/classify` takes it). Answers the picture `kiln
+/// explain` writes for the same file, as PNG: the photo with the class activation map of the
+/// most probable class (or of `class=INDEX`) over it, and a banner naming the class. The class,
+/// its probability and rank are also in the `Kiln-Class`, `Kiln-Probability` and `Kiln-Rank`
+/// headers. Errors are the protocol's `{"error": ...}` with 400 / 404 / 413 / 503.
+async fn explain(State(st): St, Query(q): Query<ExplainQuery>, req: Request) -> Response {
+    let started = Instant::now();
+    let model_name = q.model.clone().unwrap_or_else(|| st.models[0].name.clone());
+    st.metrics.in_flight.inc();
+    let r = explain_inner(&st, &q, &model_name, req).await;
+    st.metrics.in_flight.dec();
+    st.metrics
+        .request_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match r {
+        Ok(resp) => {
+            st.metrics.count(&model_name, "success");
+            resp
+        }
+        Err(e) => {
+            st.metrics.count(&model_name, e.reason());
+            e.into_response()
+        }
+    }
+}
+
+async fn explain_inner(
+    st: &Arc<AppState>,
+    q: &ExplainQuery,
+    model_name: &str,
+    req: Request,
+) -> Result<Response, ServeError> {
+    let model = st.model(model_name, None)?.clone();
+    if !model.is_ready() {
+        return Err(ServeError::NotReady(model.name.clone()));
+    }
+    let body = axum::body::to_bytes(req.into_body(), st.max_body)
+        .await
+        .map_err(|e| {
+            ServeError::TooLarge(format!("request body is over the server's limit: {e}"))
+        })?;
+    let select = match q.class {
+        Some(c) => kiln_runtime::ClassSelect::Classes(vec![c]),
+        None => kiln_runtime::ClassSelect::Top(1),
+    };
+    let (png, class, prob, rank) = tokio::task::spawn_blocking(move || {
+        model
+            .explain_png(&body, "body", &select)
+            .map(|(png, cam)| (png, cam.class.index, cam.class.prob, cam.rank))
+    })
+    .await
+    .map_err(|e| ServeError::Internal(format!("explain task: {e}")))??;
+    let mut r = ([(header::CONTENT_TYPE, "image/png")], png).into_response();
+    let h = r.headers_mut();
+    for (name, value) in [
+        ("kiln-class", class.to_string()),
+        ("kiln-probability", format!("{prob}")),
+        ("kiln-rank", rank.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    Ok(r)
 }

@@ -432,6 +432,55 @@ fn v1_classify_raw_and_multipart() {
     assert_eq!(lines[2]["top"][0]["index"], json!(want[1].top[0].index));
 }
 
+/// `/v1/explain` answers the picture `kiln explain` renders for the same photo (the same
+/// pipeline in this process: `explain_path` + `render`), pixel for pixel, for the top-1 class
+/// and for a class asked by index; bad input is a 400 with the protocol's error.
+#[test]
+fn v1_explain_is_kiln_explains_picture() {
+    let a = server();
+    let path = &photos(3)[2];
+    let raw = std::fs::read(path).unwrap();
+    let decode_png = |b: &[u8]| {
+        image::load_from_memory_with_format(b, image::ImageFormat::Png)
+            .expect("a PNG")
+            .to_rgb8()
+    };
+    for (query, select) in [
+        ("", kiln_runtime::ClassSelect::Top(1)),
+        ("?class=7", kiln_runtime::ClassSelect::Classes(vec![7])),
+    ] {
+        let (e, photo) = reference().explain_path(path, &select, 5).unwrap();
+        let want = kiln_runtime::render::render(&photo, &e.cams[0]);
+        let (c, hs, body) = post(a, &format!("/v1/explain{query}"), &[], &raw);
+        assert_eq!(c, 200, "{}", String::from_utf8_lossy(&body));
+        let header = |n: &str| {
+            hs.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no {n} header in {hs:?}"))
+        };
+        assert_eq!(header("content-type"), "image/png");
+        assert_eq!(header("kiln-class"), e.cams[0].class.index.to_string());
+        assert_eq!(header("kiln-rank"), e.cams[0].rank.to_string());
+        let got = decode_png(&body);
+        assert_eq!(got.dimensions(), want.dimensions(), "{query}");
+        assert!(
+            got == want,
+            "{query}: the picture differs from kiln explain's"
+        );
+    }
+    let (c, _, body) = post(a, "/v1/explain", &[], b"not an image at all");
+    assert_eq!(c, 400);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(error_of(&v).contains("body"), "{v}");
+    let (c, _, body) = post(a, "/v1/explain?class=1000", &[], &raw);
+    assert_eq!(c, 400);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert!(error_of(&v).contains("out of range"), "{v}");
+    let (c, _, _) = post(a, "/v1/explain?model=nope", &[], &raw);
+    assert_eq!(c, 404);
+}
+
 /// Each fault is that request's clear error; the server answers the next good request.
 #[test]
 fn faults_are_per_request_errors() {
