@@ -332,12 +332,7 @@ fn run_page(
         std::thread::sleep(Duration::from_millis(200));
     };
 
-    let shot = driver.cmd("GET", &format!("/session/{sid}/screenshot"), None);
-    let png = base64_decode(shot.as_str().expect("a base64 screenshot"));
-    assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
-    let shot_path = out_dir.join("web_page.png");
-    std::fs::write(&shot_path, &png).expect("write the screenshot");
-    eprintln!("screenshot: {}", shot_path.display());
+    save_screenshot(driver, sid, &out_dir.join("web_page.png"));
 
     let name = |p: &Path| p.file_name().unwrap().to_string_lossy().to_string();
     let card = |file: &str| {
@@ -475,9 +470,7 @@ fn heatmap_toggle(driver: &Driver, sid: &str, photo: &Path, out_dir: &Path) {
         Some(checksum(&want)),
         "{file}: the heatmap's pixels differ from kiln explain's picture"
     );
-    let shot = driver.cmd("GET", &format!("/session/{sid}/screenshot"), None);
-    let png = base64_decode(shot.as_str().expect("a base64 screenshot"));
-    std::fs::write(out_dir.join("web_page_heatmap.png"), &png).expect("write the screenshot");
+    save_screenshot(driver, sid, &out_dir.join("web_page_heatmap.png"));
 
     driver.script(sid, &press);
     let back = driver.script(sid, &state);
@@ -487,6 +480,15 @@ fn heatmap_toggle(driver: &Driver, sid: &str, photo: &Path, out_dir: &Path) {
         back["isPhoto"], true,
         "{file}: the photo is not shown again: {back}"
     );
+}
+
+/// Saves the page as the browser shows it now (a PNG) at `path`.
+fn save_screenshot(driver: &Driver, sid: &str, path: &Path) {
+    let shot = driver.cmd("GET", &format!("/session/{sid}/screenshot"), None);
+    let png = base64_decode(shot.as_str().expect("a base64 screenshot"));
+    assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
+    std::fs::write(path, &png).expect("write the screenshot");
+    eprintln!("screenshot: {}", path.display());
 }
 
 /// Decodes standard base64 (WebDriver's screenshot encoding).

@@ -174,6 +174,16 @@ impl Model {
     }
 
     fn prepare_one(&self, bytes: &[u8], source: &str, tta: Tta) -> Result<Prepared, String> {
+        let rgb = self.decode_checked(bytes, source)?;
+        Ok(Prepared {
+            views: self.classifier.views(&rgb, tta),
+            decoded_size: Some(rgb.dimensions()),
+        })
+    }
+
+    /// One encoded image decoded and validated as `classify` does (the decoder's checks, and
+    /// the resize fitting under the pixel limit); the error names `source`.
+    fn decode_checked(&self, bytes: &[u8], source: &str) -> Result<image::RgbImage, String> {
         let opts = self.classifier.decode_options();
         let d = kiln_preprocess::decode_bytes(bytes, source, opts).map_err(|e| e.to_string())?;
         let (w, h) = d.rgb.dimensions();
@@ -185,10 +195,7 @@ impl Model {
             source,
         )
         .map_err(|e| e.to_string())?;
-        Ok(Prepared {
-            views: self.classifier.views(&d.rgb, tta),
-            decoded_size: Some((w, h)),
-        })
+        Ok(d.rgb)
     }
 
     /// The class activation picture of one encoded image, as `kiln explain` renders it (PNG
@@ -200,21 +207,12 @@ impl Model {
         source: &str,
         select: &kiln_runtime::ClassSelect,
     ) -> Result<(Vec<u8>, kiln_runtime::Cam), ServeError> {
-        let opts = self.classifier.decode_options();
-        let d = kiln_preprocess::decode_bytes(bytes, source, opts)
-            .map_err(|e| ServeError::BadRequest(e.to_string()))?;
-        let (w, h) = d.rgb.dimensions();
-        kiln_preprocess::transform::check_resize_fits(
-            w,
-            h,
-            self.classifier.spec(),
-            opts.max_pixels,
-            source,
-        )
-        .map_err(|e| ServeError::BadRequest(e.to_string()))?;
+        let rgb = self
+            .decode_checked(bytes, source)
+            .map_err(ServeError::BadRequest)?;
         let e = self
             .classifier
-            .explain_image(&d.rgb, select, 5)
+            .explain_image(&rgb, select, 5)
             .map_err(|e| match e {
                 kiln_runtime::RuntimeError::Candle(_) | kiln_runtime::RuntimeError::Forward(_) => {
                     ServeError::Internal(format!("{source}: {e}"))
@@ -226,7 +224,7 @@ impl Model {
             .into_iter()
             .next()
             .ok_or_else(|| ServeError::Internal("explain returned no map".into()))?;
-        let picture = kiln_runtime::render::render(&d.rgb, &cam);
+        let picture = kiln_runtime::render::render(&rgb, &cam);
         let mut png = Vec::new();
         picture
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)

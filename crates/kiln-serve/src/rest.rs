@@ -422,22 +422,52 @@ async fn infer(
 ) -> Response {
     let started = Instant::now();
     let name = p.get("name").cloned().unwrap_or_default();
+    observed(
+        &st,
+        &name,
+        started,
+        infer_inner(&st, &p, &headers, body, started),
+    )
+    .await
+}
+
+/// Runs a request's `work` with the request metrics around it: in flight while it runs, its
+/// latency, and its outcome under `model` (`success` for a 2xx answer, `bad_request` for another
+/// answer, the error's reason for a failure, which becomes the protocol's error response).
+async fn observed(
+    st: &AppState,
+    model: &str,
+    started: Instant,
+    work: impl std::future::Future<Output = Result<Response, ServeError>>,
+) -> Response {
     st.metrics.in_flight.inc();
-    let r = infer_inner(&st, &p, &headers, body, started).await;
+    let r = work.await;
     st.metrics.in_flight.dec();
     st.metrics
         .request_seconds
         .observe(started.elapsed().as_secs_f64());
     match r {
         Ok(resp) => {
-            st.metrics.count(&name, "success");
+            let outcome = if resp.status().is_success() {
+                "success"
+            } else {
+                "bad_request"
+            };
+            st.metrics.count(model, outcome);
             resp
         }
         Err(e) => {
-            st.metrics.count(&name, e.reason());
+            st.metrics.count(model, e.reason());
             e.into_response()
         }
     }
+}
+
+/// A raw request body, refused past the server's limit.
+async fn raw_body(req: Request, limit: usize) -> Result<Bytes, ServeError> {
+    axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| ServeError::TooLarge(format!("request body is over the server's limit: {e}")))
 }
 
 async fn infer_inner(
@@ -530,34 +560,16 @@ struct ClassifyQuery {
 async fn classify(State(st): St, Query(q): Query<ClassifyQuery>, req: Request) -> Response {
     let started = Instant::now();
     let model_name = q.model.clone().unwrap_or_else(|| st.models[0].name.clone());
-    st.metrics.in_flight.inc();
-    let r = classify_inner(&st, &q, &model_name, req, started).await;
-    st.metrics.in_flight.dec();
-    st.metrics
-        .request_seconds
-        .observe(started.elapsed().as_secs_f64());
-    match r {
-        Ok((code, lines)) => {
-            st.metrics.count(
-                &model_name,
-                if code.is_success() {
-                    "success"
-                } else {
-                    "bad_request"
-                },
-            );
-            (
-                code,
-                [(header::CONTENT_TYPE, "application/x-ndjson")],
-                lines,
-            )
-                .into_response()
-        }
-        Err(e) => {
-            st.metrics.count(&model_name, e.reason());
-            e.into_response()
-        }
-    }
+    let work = async {
+        let (code, lines) = classify_inner(&st, &q, &model_name, req, started).await?;
+        Ok((
+            code,
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            lines,
+        )
+            .into_response())
+    };
+    observed(&st, &model_name, started, work).await
 }
 
 async fn classify_inner(
@@ -610,12 +622,7 @@ async fn classify_inner(
             return Err(ServeError::BadRequest("the form has no files".into()));
         }
     } else {
-        let body = axum::body::to_bytes(req.into_body(), st.max_body)
-            .await
-            .map_err(|e| {
-                ServeError::TooLarge(format!("request body is over the server's limit: {e}"))
-            })?;
-        files.push(("body".into(), body));
+        files.push(("body".into(), raw_body(req, st.max_body).await?));
     }
     let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
     let prepared = model.prepare_images(files, params.tta, &st.metrics).await?;
@@ -688,22 +695,13 @@ struct ExplainQuery {
 async fn explain(State(st): St, Query(q): Query<ExplainQuery>, req: Request) -> Response {
     let started = Instant::now();
     let model_name = q.model.clone().unwrap_or_else(|| st.models[0].name.clone());
-    st.metrics.in_flight.inc();
-    let r = explain_inner(&st, &q, &model_name, req).await;
-    st.metrics.in_flight.dec();
-    st.metrics
-        .request_seconds
-        .observe(started.elapsed().as_secs_f64());
-    match r {
-        Ok(resp) => {
-            st.metrics.count(&model_name, "success");
-            resp
-        }
-        Err(e) => {
-            st.metrics.count(&model_name, e.reason());
-            e.into_response()
-        }
-    }
+    observed(
+        &st,
+        &model_name,
+        started,
+        explain_inner(&st, &q, &model_name, req),
+    )
+    .await
 }
 
 async fn explain_inner(
@@ -716,11 +714,7 @@ async fn explain_inner(
     if !model.is_ready() {
         return Err(ServeError::NotReady(model.name.clone()));
     }
-    let body = axum::body::to_bytes(req.into_body(), st.max_body)
-        .await
-        .map_err(|e| {
-            ServeError::TooLarge(format!("request body is over the server's limit: {e}"))
-        })?;
+    let body = raw_body(req, st.max_body).await?;
     let select = match q.class {
         Some(c) => kiln_runtime::ClassSelect::Classes(vec![c]),
         None => kiln_runtime::ClassSelect::Top(1),
